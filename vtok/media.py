@@ -1,0 +1,55 @@
+"""Writing small mp4 files: the shapes world, tests and benchmarks make their videos here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    codec: str = "libx264",
+    gop: int | None = None,
+    crf: int = 18,
+) -> Path:
+    """Encode uint8 RGB frames [T, H, W, 3] into a video file at `path`.
+
+    `gop` is the keyframe interval in frames (None lets the encoder choose). Even frame sides are
+    required by yuv420p, so odd sides are an error rather than a silent crop.
+    """
+    import av
+    from fractions import Fraction
+
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"{path}: frame size {width}x{height} must be even for yuv420p")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        options: dict[str, str] = {}
+        if codec in ("libx264", "libx265"):
+            options["crf"] = str(crf)
+            options["preset"] = "veryfast"
+            # Deterministic output: x264's threaded lookahead makes bytes vary run to run.
+            options["threads"] = "1"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+            if codec == "libx264":
+                options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        stream.options = options
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
