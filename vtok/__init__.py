@@ -1,0 +1,3 @@
+"""vtok: VTok video tokens at cluster scale."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,142 @@
+"""The `vtok` command: tokenize, synth, inspect, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from jobs.config import ConfigError
+
+DEMO_DEFAULT_OUT = "demo_out"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from jobs.tokenize import load_tokenize_config, run
+
+    cfg = load_tokenize_config(args.overrides, args.config)
+    summary = run(cfg, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vtok.shapes import ShapesConfig, write_corpus
+
+    cfg = ShapesConfig(width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps)
+    t0 = time.perf_counter()
+    manifest = write_corpus(args.out, args.num_videos, seed=args.seed, cfg=cfg, static_every=args.static_every)
+    print(f"wrote {args.num_videos} videos and {manifest} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vtok.dataset import read_manifest, read_shard, shard_info, shard_uris
+
+    uris = shard_uris(args.uri)
+    if not uris:
+        print(f"{args.uri}: no committed shards")
+        return 1
+    info = shard_info(uris[0])
+    rows = sum(shard_info(u)["rows"] for u in uris)
+    frame_counts: list[int] = []
+    for u in uris:
+        frame_counts += [len(x) for x in read_shard(u, columns=["frame_indices"]).column("frame_indices").to_pylist()]
+    grid, stride = info["tokenizer"].get("grid", 0), info["tokenizer"].get("residual_stride", 1)
+    t = np.array(frame_counts) if frame_counts else np.zeros(1)
+    r = np.array([len(range(stride, int(n), stride)) for n in t])
+    print(f"dataset          {args.uri}")
+    print(f"schema version   {info['schema_version']}")
+    print(f"fingerprint      {info['fingerprint']}")
+    print(f"shards           {len(uris)}")
+    print(f"rows             {rows}")
+    print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={info['tokenizer'].get('hidden_size')})")
+    print(f"residual R       mean {r.mean():.1f}, min {r.min()}, max {r.max()}")
+    print(f"tokens per clip  VTok S+R = {grid * grid + r.mean():.1f}; frame sampling T*S = {grid * grid * t.mean():.1f}")
+    if not args.uri.endswith((".parquet", ".tar")):
+        manifest = read_manifest(args.uri)
+        print(f"quarantined      {manifest['quarantined']} {manifest['errors'] or ''}".rstrip())
+        print(f"complete         {manifest['complete']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.tokenize import load_tokenize_config, run
+    from vtok.shapes import write_corpus
+
+    out = Path(args.out).resolve()
+    corpus = out / "corpus"
+    tokens = out / "tokens"
+    t0 = time.perf_counter()
+    manifest = write_corpus(str(corpus), args.num_videos, seed=args.seed, static_every=8)
+    print(f"[demo] synthesised {args.num_videos} shapes-world videos into {corpus} ({time.perf_counter() - t0:.1f} s)")
+    cfg = load_tokenize_config([f"input={manifest}", f"output={tokens}", "sink.mode=overwrite", *args.overrides])
+    summary = run(cfg, progress=not args.no_progress)
+    print("[demo] tokenize summary")
+    print("\n".join("  " + line for line in summary.lines()))
+    print(f"[demo] token shards are in {tokens}/shards; inspect them with: vtok inspect {tokens}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtok", description="VTok video tokens at cluster scale")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tokenize", help="tokenize videos into token shards: vtok tokenize input=URI output=URI ...")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value (see jobs/configs/tokenize.yaml)")
+    p.add_argument("--config", help="YAML config file (default: the shipped tokenize.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("synth", help="write a shapes-world corpus: vtok synth OUT --num-videos N --seed S")
+    p.add_argument("out")
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--static-every", type=int, default=0, help="make every k-th video fully static")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("inspect", help="schema version, fingerprint, rows and tokens per clip of a dataset or shard")
+    p.add_argument("uri")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="synthesise a corpus and tokenize it with the local defaults")
+    p.add_argument("overrides", nargs="*", help="tokenize config overrides as key=value")
+    p.add_argument("--out", default=DEMO_DEFAULT_OUT)
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"vtok {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, PermissionError) as err:
+        print(f"vtok {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""`vtok tokenize`: load the config, connect to Ray, run the pipeline, print the summary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from jobs.config import default_config_path, load_config
+from pipelines.tokenize import TokenizeConfig, TokenizeSummary, run_tokenize
+
+
+@dataclass
+class RayConfig:
+    """Which Ray to run on."""
+
+    address: str | None = None
+    """None starts a local Ray in this process; otherwise a cluster address ("auto", "ray://host:10001")."""
+    num_cpus: int | None = None
+    """CPUs of the local Ray (None: all of this machine's)."""
+
+
+@dataclass
+class TokenizeJobConfig(TokenizeConfig):
+    """The tokenize job: the pipeline config plus where to run it."""
+
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray connection."""
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Connect to a cluster, or start a private local Ray with auth off and a temp dir of our own."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+
+
+def load_tokenize_config(overrides: list[str], config_file: str | None = None) -> TokenizeJobConfig:
+    return load_config(TokenizeJobConfig, config_file or default_config_path("tokenize"), overrides)
+
+
+def run(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeSummary:
+    init_ray(cfg.ray)
+    return run_tokenize(cfg, progress=progress)

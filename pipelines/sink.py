@@ -1,0 +1,130 @@
+"""Token sink: turns the encoded rows of one shard into a token shard, a quarantine table and a commit."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.manifest import CommitRecord, commit, write_bytes_atomic
+from schemas.layout import shard_name
+from schemas.npy import from_npy
+from schemas.token_shard import TENSOR_NDIM, tensors_to_arrow, token_schema
+from vtok.storage import join
+
+FORMATS = ("parquet",)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("sample_key", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("clip_start_s", pa.float64()),
+        pa.field("clip_end_s", pa.float64()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class SinkConfig:
+    """How token shards are laid out and committed."""
+
+    rows_per_shard: int = 256
+    """Input clips per shard (a shard's rows are fewer when some of its inputs are quarantined)."""
+    compression: str = "zstd"
+    """Parquet compression codec."""
+    mode: str = "resume"
+    """"resume": skip committed shards and refuse a different tokenizer; "overwrite": delete the output first."""
+
+    def __post_init__(self) -> None:
+        if self.rows_per_shard < 1:
+            raise ValueError(f"sink.rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if self.mode not in ("resume", "overwrite"):
+            raise ValueError(f"sink.mode must be resume or overwrite, got {self.mode!r}")
+
+
+def inputs_digest(sample_keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(sample_keys).encode()).hexdigest()
+
+
+def build_token_table(rows: list[dict[str, Any]], metadata: dict[bytes, bytes]) -> pa.Table:
+    """Encoded rows (tensors as .npy bytes) -> an Arrow table of schema v1, sorted by sample key."""
+    rows = sorted(rows, key=lambda r: r["sample_key"])
+    optional = [c for c in ("residual_tokens", "frame_tokens") if rows and rows[0][c]]
+    if any(r["attributes"] for r in rows):
+        optional.append("attributes")
+    schema = token_schema(optional).with_metadata(metadata)
+    columns: dict[str, pa.Array] = {}
+    for f in schema:
+        if f.name in TENSOR_NDIM:
+            columns[f.name] = tensors_to_arrow([from_npy(r[f.name]) for r in rows], TENSOR_NDIM[f.name])
+        elif f.name == "frame_indices":
+            columns[f.name] = pa.array([from_npy(r[f.name]).tolist() for r in rows], f.type)
+        else:
+            columns[f.name] = pa.array([_plain(r[f.name]) for r in rows], f.type)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and empty strings from the row batches -> Python values for Arrow."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if value == "" else value
+
+
+def parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression)
+    return buf.getvalue()
+
+
+def write_shard(
+    output: str,
+    shard: int,
+    rows: list[dict[str, Any]],
+    input_keys: list[str],
+    metadata: dict[bytes, bytes],
+    cfg: SinkConfig,
+    storage_options: dict[str, Any] | None = None,
+) -> CommitRecord:
+    """Write one shard's tokens and quarantine rows, then commit it. Returns the commit record."""
+    good = [r for r in rows if not r["error_reason"]]
+    bad = sorted((r for r in rows if r["error_reason"]), key=lambda r: r["sample_key"])
+    name = shard_name(shard)
+    record = CommitRecord(
+        shard=shard, file=None, rows=len(good), bytes=0, sha256=None, num_inputs=len(input_keys),
+        inputs_sha256=inputs_digest(input_keys),
+    )
+    if good:
+        data = parquet_bytes(build_token_table(good, metadata), cfg.compression)
+        record.file = f"shards/{name}.parquet"
+        record.bytes = len(data)
+        record.sha256 = hashlib.sha256(data).hexdigest()
+        write_bytes_atomic(join(output, record.file), data, storage_options)
+    if bad:
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "sample_key": r["sample_key"],
+                    "source_uri": r["source_uri"],
+                    "clip_start_s": None if r["clip_start_s"] < 0 else float(r["clip_start_s"]),
+                    "clip_end_s": None if r["clip_end_s"] < 0 else float(r["clip_end_s"]),
+                    "reason": r["error_reason"],
+                    "message": r["error_message"],
+                }
+                for r in bad
+            ],
+            schema=QUARANTINE_SCHEMA,
+        )
+        record.quarantine_file = f"quarantine/{name}.parquet"
+        record.quarantine_rows = len(bad)
+        record.errors = dict(sorted(Counter(r["error_reason"] for r in bad).items()))
+        write_bytes_atomic(join(output, record.quarantine_file), parquet_bytes(table, cfg.compression), storage_options)
+    commit(output, record, storage_options)
+    return record

@@ -1,0 +1,75 @@
+"""Decode stage (CPU tasks): clip rows in, sampled and resized frames out.
+
+A video that cannot be decoded is data, not an exception: its row comes out with
+`error_reason` / `error_message` set and no frames, and the sink turns it into a quarantine row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from schemas.npy import to_npy
+from vtok.video import DecodeConfig, DecodeError, decode_clip
+
+PASSTHROUGH = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "attributes", "shard")
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], cfg: DecodeConfig, storage_options: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Decode every clip of a batch; frames travel as .npy bytes so clips of different T share a column."""
+    n = len(batch["sample_key"])
+    out: dict[str, list[Any]] = {k: list(batch[k]) for k in PASSTHROUGH}
+    columns: dict[str, list[Any]] = {
+        "frames": [],
+        "frame_indices": [],
+        "source_fps": [],
+        "height": [],
+        "width": [],
+        "error_reason": [],
+        "error_message": [],
+    }
+    for i in range(n):
+        start = float(batch["clip_start_s"][i])
+        end = float(batch["clip_end_s"][i])
+        uri = str(batch["source_uri"][i])
+        try:
+            clip = decode_clip(
+                uri, cfg, None if start < 0 else start, None if end < 0 else end, storage_options=storage_options
+            )
+        except DecodeError as err:
+            _append_error(columns, err.reason, str(err))
+            continue
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a quarantine row, never a lost batch
+            _append_error(columns, "decoder_crash", f"{uri}: {type(err).__name__}: {err}")
+            continue
+        out["clip_start_s"][i] = clip.clip_start_s
+        out["clip_end_s"][i] = clip.clip_end_s
+        columns["frames"].append(to_npy(clip.frames))
+        columns["frame_indices"].append(to_npy(clip.frame_indices.astype(np.int64)))
+        columns["source_fps"].append(float(clip.info.source_fps))
+        columns["height"].append(int(clip.info.height))
+        columns["width"].append(int(clip.info.width))
+        columns["error_reason"].append("")
+        columns["error_message"].append("")
+    result = {k: np.array(v, dtype=object) for k, v in out.items()}
+    result.update({k: np.array(v, dtype=object) for k, v in columns.items()})
+    result["clip_start_s"] = np.array(out["clip_start_s"], dtype=np.float64)
+    result["clip_end_s"] = np.array(out["clip_end_s"], dtype=np.float64)
+    result["source_fps"] = np.array(columns["source_fps"], dtype=np.float64)
+    result["height"] = np.array(columns["height"], dtype=np.int32)
+    result["width"] = np.array(columns["width"], dtype=np.int32)
+    result["shard"] = np.array(out["shard"], dtype=np.int64)
+    return result
+
+
+def _append_error(columns: dict[str, list[Any]], reason: str, message: str) -> None:
+    columns["frames"].append(b"")
+    columns["frame_indices"].append(b"")
+    columns["source_fps"].append(0.0)
+    columns["height"].append(0)
+    columns["width"].append(0)
+    columns["error_reason"].append(reason)
+    columns["error_message"].append(message)

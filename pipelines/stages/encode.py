@@ -1,0 +1,59 @@
+"""Encode stage (GPU actors): decoded clips in, VTok tokens out; the model loads once per actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schemas.npy import from_npy, to_npy
+from vtok.tokenizer import TokenizerConfig, VTokTokenizer
+
+TOKEN_COLUMNS = ("key_tokens", "residual_features", "residual_tokens", "frame_tokens")
+
+
+@dataclass
+class EncodeConfig:
+    """Resources and batching of the encoder actor pool."""
+
+    num_actors: int = 1
+    """Encoder actors (one model copy each)."""
+    num_gpus: float = 0.0
+    """GPUs per actor; 0 runs on CPU."""
+    num_cpus: float = 1.0
+    """CPUs per actor (also its torch thread count when on CPU)."""
+    batch_size: int = 8
+    """Clips per encoder call; their frames are batched together through the vision tower."""
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 1:
+            raise ValueError(f"encode.num_actors must be >= 1, got {self.num_actors}")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("encode.num_gpus and encode.num_cpus must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"encode.batch_size must be >= 1, got {self.batch_size}")
+
+
+class EncodeStage:
+    """Ray Data callable class: tokenizes every decodable clip of a batch, passes errors through."""
+
+    def __init__(self, tokenizer_cfg: TokenizerConfig, num_threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))
+        self.tokenizer = VTokTokenizer(tokenizer_cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["sample_key"])
+        ok = [i for i in range(n) if not batch["error_reason"][i]]
+        clips = [from_npy(batch["frames"][i]) for i in ok]
+        tokens = dict(zip(ok, self.tokenizer.encode(clips)))
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k != "frames"}
+        for column in TOKEN_COLUMNS:
+            cells = []
+            for i in range(n):
+                value = getattr(tokens[i], column) if i in tokens else None
+                cells.append(b"" if value is None else to_npy(value))
+            out[column] = np.array(cells, dtype=object)
+        return out

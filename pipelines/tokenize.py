@@ -1,0 +1,245 @@
+"""The tokenize pipeline: list -> decode (CPU tasks) -> encode (actor pool) -> shards + manifest.
+
+Inputs are sorted by sample key and cut into fixed shards on the driver, so shard contents depend
+only on the input listing, never on worker count or timing. Ray Data streams the clips in order
+(preserve_order) and the driver commits each shard as soon as its last clip arrives: memory stays
+bounded by one shard plus the blocks in flight, and a rerun skips shards already committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.manifest import bind_run, committed, delete_dataset, write_manifest
+from pipelines.sink import FORMATS, SinkConfig, inputs_digest, write_shard
+from pipelines.sources import ClipItem, SourceConfig, list_clips
+from pipelines.stages.decode import decode_batch
+from pipelines.stages.encode import EncodeConfig, EncodeStage
+from schemas.token_shard import SCHEMA_VERSION, shard_metadata
+from vtok import __version__
+from vtok.tokenizer import TokenizerConfig, VTokTokenizer, residual_positions
+from vtok.video import DecodeConfig
+
+
+@dataclass
+class DecodeStageConfig:
+    """Resources of the decode tasks."""
+
+    num_cpus: float = 1.0
+    """CPUs per decode task."""
+    batch_size: int = 4
+    """Clips per decode task."""
+
+    def __post_init__(self) -> None:
+        if self.num_cpus <= 0:
+            raise ValueError(f"decode_stage.num_cpus must be > 0, got {self.num_cpus}")
+        if self.batch_size < 1:
+            raise ValueError(f"decode_stage.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TokenizeConfig:
+    """Everything the tokenize pipeline needs; jobs/ builds it from YAML."""
+
+    input: str = "???"
+    """Folder of videos or manifest (csv/jsonl/parquet), local or any fsspec URI."""
+    output: str = "???"
+    """Where shards, quarantine, manifest and report go."""
+    format: str = "parquet"
+    """Token shard format."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """Listing the inputs."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """Frame sampling, resizing and input limits (decode.size is set from the encoder)."""
+    decode_stage: DecodeStageConfig = field(default_factory=DecodeStageConfig)
+    """Decode task resources."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The VTok tokenizer."""
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    """Encoder actor pool resources."""
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    """Shard size and commit mode."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for every URI (e.g. {"endpoint_url": ...} for S3-compatible stores)."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+
+
+@dataclass
+class TokenizeSummary:
+    """What a run did, for the console and the run report."""
+
+    output: str
+    fingerprint: str
+    videos_in: int
+    clips_out: int
+    quarantined: int
+    errors: dict[str, int]
+    shards_written: int
+    shards_skipped: int
+    key_tokens_per_clip: int
+    mean_residual_tokens_per_clip: float
+    mean_frame_tokens_per_clip: float
+    wall_time_s: float
+    videos_per_s: float
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def lines(self) -> list[str]:
+        vt = self.key_tokens_per_clip + self.mean_residual_tokens_per_clip
+        lines = [
+            f"output             {self.output}",
+            f"fingerprint        {self.fingerprint[:16]}",
+            f"videos in          {self.videos_in}",
+            f"clips out          {self.clips_out}",
+            f"quarantined        {self.quarantined} {self.errors or ''}".rstrip(),
+            f"shards             {self.shards_written} written, {self.shards_skipped} already committed",
+            f"tokens per clip    VTok S+R = {self.key_tokens_per_clip} + {self.mean_residual_tokens_per_clip:.1f}"
+            f" = {vt:.1f}; frame sampling T*S = {self.mean_frame_tokens_per_clip:.1f}",
+            f"wall time          {self.wall_time_s:.1f} s",
+            f"throughput         {self.videos_per_s:.2f} videos/s",
+        ]
+        return lines
+
+
+def _actor_dtype(cfg: TokenizeConfig) -> str:
+    if cfg.tokenizer.dtype != "auto":
+        return cfg.tokenizer.dtype
+    return "bfloat16" if cfg.encode.num_gpus > 0 else "float32"
+
+
+def resolve_tokenizer_config(cfg: TokenizeConfig) -> TokenizerConfig:
+    """The tokenizer config actors run with: dtype pinned so driver and actors agree on the fingerprint."""
+    device = cfg.tokenizer.device
+    if device == "auto":
+        device = "cuda" if cfg.encode.num_gpus > 0 else "cpu"
+    return dataclasses.replace(
+        cfg.tokenizer, dtype=_actor_dtype(cfg), device=device, storage_options=cfg.storage_options
+    )
+
+
+def plan_shards(items: list[ClipItem], rows_per_shard: int) -> list[list[ClipItem]]:
+    return [items[i : i + rows_per_shard] for i in range(0, len(items), rows_per_shard)]
+
+
+def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
+    """Run the pipeline on the Ray instance this process is connected to (jobs/ calls ray.init)."""
+    import ray
+
+    t0 = time.perf_counter()
+    opts = cfg.storage_options or None
+    items = list_clips(cfg.input, cfg.source, opts)
+    actor_cfg = resolve_tokenizer_config(cfg)
+    # The driver loads the tokenizer once on CPU (same dtype as the actors) for the fingerprint and sizes.
+    probe = VTokTokenizer(dataclasses.replace(actor_cfg, device="cpu"))
+    decode_cfg = dataclasses.replace(cfg.decode, size=probe.image_size)
+    tokenizer_desc = probe.describe()
+    fingerprint = probe.fingerprint
+    grid = probe.num_key_tokens
+    del probe
+
+    if cfg.sink.mode == "overwrite":
+        delete_dataset(cfg.output, opts)
+    shards = plan_shards(items, cfg.sink.rows_per_shard)
+    run = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fingerprint,
+        "format": cfg.format,
+        "tokenizer": tokenizer_desc,
+        "vtok_version": __version__,
+        "num_shards": len(shards),
+        "num_inputs": len(items),
+    }
+    bind_run(cfg.output, run, opts)
+    done = committed(cfg.output, opts)
+    for index, record in done.items():
+        if index >= len(shards) or record.inputs_sha256 != inputs_digest([i.sample_key for i in shards[index]]):
+            raise RuntimeError(
+                f"output {cfg.output}: committed shard {index} was made from a different input listing; "
+                f"write to a new output or pass sink.mode=overwrite"
+            )
+    todo = [i for i in range(len(shards)) if i not in done]
+    metadata = shard_metadata(fingerprint, tokenizer_desc, __version__)
+
+    rows = [item.to_row() | {"shard": index} for index in todo for item in shards[index]]
+    written = 0
+    if rows:
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = progress
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // cfg.decode_stage.batch_size))
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"cfg": decode_cfg, "storage_options": opts},
+            batch_size=cfg.decode_stage.batch_size,
+            num_cpus=cfg.decode_stage.num_cpus,
+            batch_format="numpy",
+        )
+        ds = ds.map_batches(
+            EncodeStage,
+            fn_constructor_kwargs={"tokenizer_cfg": actor_cfg, "num_threads": int(max(1, cfg.encode.num_cpus))},
+            batch_size=cfg.encode.batch_size,
+            num_cpus=cfg.encode.num_cpus,
+            num_gpus=cfg.encode.num_gpus,
+            compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
+            batch_format="numpy",
+        )
+        pending: dict[int, list[dict[str, Any]]] = {}
+        for row in ds.iter_rows():
+            shard = int(row["shard"])
+            pending.setdefault(shard, []).append(row)
+            if len(pending[shard]) == len(shards[shard]):
+                write_shard(
+                    cfg.output, shard, pending.pop(shard), [i.sample_key for i in shards[shard]], metadata,
+                    cfg.sink, opts,
+                )
+                written += 1
+        assert not pending, f"shards {sorted(pending)} received only part of their clips"
+
+    manifest = write_manifest(cfg.output, run, opts)
+    wall = time.perf_counter() - t0
+    records = committed(cfg.output, opts)
+    clips_out = sum(r.rows for r in records.values())
+    residual_mean, frame_mean = _token_means(cfg.output, manifest, opts)
+    return TokenizeSummary(
+        output=cfg.output,
+        fingerprint=fingerprint,
+        videos_in=len(items),
+        clips_out=clips_out,
+        quarantined=manifest["quarantined"],
+        errors=manifest["errors"],
+        shards_written=written,
+        shards_skipped=len(shards) - len(todo),
+        key_tokens_per_clip=grid,
+        mean_residual_tokens_per_clip=residual_mean,
+        mean_frame_tokens_per_clip=frame_mean * grid,
+        wall_time_s=wall,
+        videos_per_s=len(rows) / wall if wall > 0 else 0.0,
+        manifest=manifest,
+    )
+
+
+def _token_means(output: str, manifest: dict[str, Any], opts: dict[str, Any] | None) -> tuple[float, float]:
+    """Mean residual count R and mean frame count T over the dataset, from frame_indices alone."""
+    import pyarrow.parquet as pq
+
+    from vtok.storage import get_fs, join
+
+    stride = manifest["tokenizer"]["residual_stride"]
+    counts: list[int] = []
+    for shard in manifest["shards"]:
+        fs, path = get_fs(join(output, shard["file"]), opts)
+        with fs.open(path, "rb") as f:
+            column = pq.read_table(f, columns=["frame_indices"]).column("frame_indices")
+        counts.extend(len(x) for x in column.to_pylist())
+    if not counts:
+        return 0.0, 0.0
+    t = np.array(counts)
+    r = np.array([len(residual_positions(int(n), stride)) for n in t])
+    return float(r.mean()), float(t.mean())
