@@ -20,8 +20,9 @@ def write_mp4(
     `gop` is the keyframe interval in frames (None lets the encoder choose). Even frame sides are
     required by yuv420p, so odd sides are an error rather than a silent crop.
     """
-    import av
     from fractions import Fraction
+
+    import av
 
     assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
     _, height, width, _ = frames.shape
