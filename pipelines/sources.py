@@ -54,10 +54,11 @@ class ClipItem:
         return {
             "sample_key": self.sample_key,
             "source_uri": self.source_uri,
-            "caption": self.caption,
+            # "" not None: an all-null column would reach the sink as NaN floats after Ray's conversions.
+            "caption": self.caption or "",
             "clip_start_s": -1.0 if self.clip_start_s is None else float(self.clip_start_s),
             "clip_end_s": -1.0 if self.clip_end_s is None else float(self.clip_end_s),
-            "attributes": self.attributes,
+            "attributes": self.attributes or "",
         }
 
 

@@ -34,10 +34,14 @@ class DecodeStageConfig:
     """CPUs per decode task."""
     batch_size: int = 4
     """Clips per decode task."""
+    memory_mb: int = 512
+    """Memory reserved per decode task; also keeps Ray from fusing decode into the encoder actors."""
 
     def __post_init__(self) -> None:
         if self.num_cpus <= 0:
             raise ValueError(f"decode_stage.num_cpus must be > 0, got {self.num_cpus}")
+        if self.memory_mb <= 0:
+            raise ValueError(f"decode_stage.memory_mb must be > 0, got {self.memory_mb}")
         if self.batch_size < 1:
             raise ValueError(f"decode_stage.batch_size must be >= 1, got {self.batch_size}")
 
@@ -179,6 +183,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
             fn_kwargs={"cfg": decode_cfg, "storage_options": opts},
             batch_size=cfg.decode_stage.batch_size,
             num_cpus=cfg.decode_stage.num_cpus,
+            memory=cfg.decode_stage.memory_mb * 1024 * 1024,
             batch_format="numpy",
         )
         ds = ds.map_batches(
