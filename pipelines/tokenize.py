@@ -20,6 +20,7 @@ from pipelines.sink import FORMATS, SinkConfig, inputs_digest, write_shard
 from pipelines.sources import ClipItem, SourceConfig, list_clips
 from pipelines.stages.decode import decode_batch
 from pipelines.stages.encode import EncodeConfig, EncodeStage
+from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
 from vtok import __version__
 from vtok.tokenizer import TokenizerConfig, VTokTokenizer, residual_positions
@@ -77,6 +78,27 @@ class TokenizeConfig:
 
 
 @dataclass
+class RunStats:
+    """Timings and counts of this run, for the run report (per clip values cover this run's clips only)."""
+
+    started_unix: float = 0.0
+    listing_s: float = 0.0
+    setup_s: float = 0.0
+    pipeline_s: float = 0.0
+    decode_s: list[float] = field(default_factory=list)
+    encode_s: list[float] = field(default_factory=list)
+    write_s: list[float] = field(default_factory=list)
+    shard_bytes: list[int] = field(default_factory=list)
+    frames_per_clip: list[int] = field(default_factory=list)
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds since start, clips finished) samples, at most one per 0.25 s."""
+
+    def record_clip(self, now_s: float, done: int) -> None:
+        if not self.timeline or now_s - self.timeline[-1][0] >= 0.25:
+            self.timeline.append((round(now_s, 3), done))
+
+
+@dataclass
 class TokenizeSummary:
     """What a run did, for the console and the run report."""
 
@@ -94,6 +116,7 @@ class TokenizeSummary:
     wall_time_s: float
     videos_per_s: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    stats: RunStats = field(repr=False, default_factory=RunStats)
 
     def lines(self) -> list[str]:
         vt = self.key_tokens_per_clip + self.mean_residual_tokens_per_clip
@@ -119,13 +142,12 @@ def _actor_dtype(cfg: TokenizeConfig) -> str:
 
 
 def resolve_tokenizer_config(cfg: TokenizeConfig) -> TokenizerConfig:
-    """The tokenizer config actors run with: dtype pinned so driver and actors agree on the fingerprint."""
-    device = cfg.tokenizer.device
-    if device == "auto":
-        device = "cuda" if cfg.encode.num_gpus > 0 else "cpu"
-    return dataclasses.replace(
-        cfg.tokenizer, dtype=_actor_dtype(cfg), device=device, storage_options=cfg.storage_options
-    )
+    """The tokenizer config actors run with: dtype pinned so driver and actors agree on the fingerprint.
+
+    The device stays as configured ("auto" picks cuda inside the actor when it has one), so a GPU
+    declared only as a logical Ray resource still runs, on CPU, with the same fingerprint.
+    """
+    return dataclasses.replace(cfg.tokenizer, dtype=_actor_dtype(cfg), storage_options=cfg.storage_options)
 
 
 def plan_shards(items: list[ClipItem], rows_per_shard: int) -> list[list[ClipItem]]:
@@ -137,8 +159,10 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     import ray
 
     t0 = time.perf_counter()
+    stats = RunStats(started_unix=time.time())
     opts = cfg.storage_options or None
     items = list_clips(cfg.input, cfg.source, opts)
+    stats.listing_s = time.perf_counter() - t0
     actor_cfg = resolve_tokenizer_config(cfg)
     # The driver loads the tokenizer once on CPU (same dtype as the actors) for the fingerprint and sizes.
     probe = VTokTokenizer(dataclasses.replace(actor_cfg, device="cpu"))
@@ -147,6 +171,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     fingerprint = probe.fingerprint
     grid = probe.num_key_tokens
     del probe
+    stats.setup_s = time.perf_counter() - t0 - stats.listing_s
 
     if cfg.sink.mode == "overwrite":
         delete_dataset(cfg.output, opts)
@@ -196,16 +221,26 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
             batch_format="numpy",
         )
         pending: dict[int, list[dict[str, Any]]] = {}
-        for row in ds.iter_rows():
+        pipeline_t0 = time.perf_counter()
+        for done_clips, row in enumerate(ds.iter_rows(), start=1):
             shard = int(row["shard"])
             pending.setdefault(shard, []).append(row)
+            stats.decode_s.append(float(row["decode_s"]))
+            stats.encode_s.append(float(row["encode_s"]))
+            if not row["error_reason"]:
+                stats.frames_per_clip.append(len(from_npy(row["frame_indices"])))
+            stats.record_clip(time.perf_counter() - t0, done_clips)
             if len(pending[shard]) == len(shards[shard]):
-                write_shard(
+                write_t0 = time.perf_counter()
+                record = write_shard(
                     cfg.output, shard, pending.pop(shard), [i.sample_key for i in shards[shard]], metadata,
                     cfg.sink, opts,
                 )
+                stats.write_s.append(time.perf_counter() - write_t0)
+                stats.shard_bytes.append(record.bytes)
                 written += 1
         assert not pending, f"shards {sorted(pending)} received only part of their clips"
+        stats.pipeline_s = time.perf_counter() - pipeline_t0
 
     manifest = write_manifest(cfg.output, run, opts)
     wall = time.perf_counter() - t0
@@ -227,6 +262,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         wall_time_s=wall,
         videos_per_s=len(rows) / wall if wall > 0 else 0.0,
         manifest=manifest,
+        stats=stats,
     )
 
 

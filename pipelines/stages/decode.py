@@ -6,6 +6,7 @@ A video that cannot be decoded is data, not an exception: its row comes out with
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ def decode_batch(
         "width": [],
         "error_reason": [],
         "error_message": [],
+        "decode_s": [],
     }
     for i in range(n):
+        started = time.perf_counter()
         start = float(batch["clip_start_s"][i])
         end = float(batch["clip_end_s"][i])
         uri = str(batch["source_uri"][i])
@@ -41,9 +44,11 @@ def decode_batch(
             )
         except DecodeError as err:
             _append_error(columns, err.reason, str(err))
+            columns["decode_s"].append(time.perf_counter() - started)
             continue
         except Exception as err:  # noqa: BLE001 - any decoder failure is a quarantine row, never a lost batch
             _append_error(columns, "decoder_crash", f"{uri}: {type(err).__name__}: {err}")
+            columns["decode_s"].append(time.perf_counter() - started)
             continue
         out["clip_start_s"][i] = clip.clip_start_s
         out["clip_end_s"][i] = clip.clip_end_s
@@ -54,6 +59,7 @@ def decode_batch(
         columns["width"].append(int(clip.info.width))
         columns["error_reason"].append("")
         columns["error_message"].append("")
+        columns["decode_s"].append(time.perf_counter() - started)
     result = {k: np.array(v, dtype=object) for k, v in out.items()}
     result.update({k: np.array(v, dtype=object) for k, v in columns.items()})
     result["clip_start_s"] = np.array(out["clip_start_s"], dtype=np.float64)
@@ -62,6 +68,7 @@ def decode_batch(
     result["height"] = np.array(columns["height"], dtype=np.int32)
     result["width"] = np.array(columns["width"], dtype=np.int32)
     result["shard"] = np.array(out["shard"], dtype=np.int64)
+    result["decode_s"] = np.array(columns["decode_s"], dtype=np.float64)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,10 @@ class EncodeStage:
         n = len(batch["sample_key"])
         ok = [i for i in range(n) if not batch["error_reason"][i]]
         clips = [from_npy(batch["frames"][i]) for i in ok]
+        started = time.perf_counter()
         tokens = dict(zip(ok, self.tokenizer.encode(clips)))
+        # The batch's encoder time, shared out over its clips, so per-stage busy time adds up.
+        share = (time.perf_counter() - started) / max(1, len(ok))
         out: dict[str, Any] = {k: v for k, v in batch.items() if k != "frames"}
         for column in TOKEN_COLUMNS:
             cells = []
@@ -56,4 +60,5 @@ class EncodeStage:
                 value = getattr(tokens[i], column) if i in tokens else None
                 cells.append(b"" if value is None else to_npy(value))
             out[column] = np.array(cells, dtype=object)
+        out["encode_s"] = np.array([share if i in tokens else 0.0 for i in range(n)], dtype=np.float64)
         return out
