@@ -21,6 +21,34 @@ def _quiet_libraries() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (--log-json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(json_format: bool = False) -> None:
+    """One format for every vtok log line (stderr); libraries stay at WARNING, vtok's own at INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if json_format else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    # Replace, not add: main() may run more than once in a process (tests, notebooks).
+    root.handlers = [h for h in root.handlers if not getattr(h, "_vtok", False)]
+    handler._vtok = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("jobs", "pipelines", "vtok", "schemas"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from jobs.tokenize import load_tokenize_config, run
 
@@ -72,6 +100,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from vtok.dataset import validate_dataset
+
+    problems, counts = validate_dataset(args.uri)
+    if problems:
+        print(f"{args.uri}: INVALID, {len(problems)} problem(s):")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.uri}: valid: {counts['shards']} shards, {counts['rows']} rows, {counts['quarantined']} quarantined, "
+          f"fingerprint {counts['fingerprint'][:16]}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.tokenize import load_tokenize_config, run
     from vtok.shapes import write_corpus
@@ -90,8 +132,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import format_report, read_report
+
+    print("\n".join(format_report(read_report(args.uri))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from jobs.submit import add_subcommands
+
     parser = argparse.ArgumentParser(prog="vtok", description="VTok video tokens at cluster scale")
+    parser.add_argument("--log-json", action="store_true", help="log lines as JSON objects")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tokenize", help="tokenize videos into token shards: vtok tokenize input=URI output=URI ...")
@@ -115,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri")
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("validate", help="check every shard against the schema and the manifest")
+    p.add_argument("uri")
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("demo", help="synthesise a corpus and tokenize it with the local defaults")
     p.add_argument("overrides", nargs="*", help="tokenize config overrides as key=value")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT)
@@ -122,12 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="summary of a dataset's run report (report.json; report.html has charts)")
+    p.add_argument("uri", help="dataset folder/URI or its report.json")
+    p.set_defaults(func=cmd_report)
+    add_subcommands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_json)
     try:
         return int(args.func(args))
     except ConfigError as err:

@@ -41,6 +41,7 @@ class CommitRecord:
     quarantine_file: str | None = None
     quarantine_rows: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    frame_counts: dict[str, int] = field(default_factory=dict)  # sampled frames T -> clips, for token stats
 
 
 def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
@@ -118,9 +119,12 @@ def write_manifest(output: str, run: dict[str, Any], storage_options: dict[str, 
     """Consolidate the commit records into manifest.json (what readers and validators trust)."""
     records = committed(output, storage_options)
     errors: dict[str, int] = {}
+    frame_counts: dict[str, int] = {}
     for r in records.values():
         for reason, count in r.errors.items():
             errors[reason] = errors.get(reason, 0) + count
+        for t, count in r.frame_counts.items():
+            frame_counts[t] = frame_counts.get(t, 0) + count
     manifest = {
         "schema_version": run["schema_version"],
         "fingerprint": run["fingerprint"],
@@ -132,6 +136,7 @@ def write_manifest(output: str, run: dict[str, Any], storage_options: dict[str, 
         "rows": sum(r.rows for r in records.values()),
         "quarantined": sum(r.quarantine_rows for r in records.values()),
         "errors": dict(sorted(errors.items())),
+        "frame_counts": dict(sorted(frame_counts.items(), key=lambda kv: int(kv[0]))),
         "shards": [
             {"file": r.file, "rows": r.rows, "bytes": r.bytes, "sha256": r.sha256}
             for _, r in sorted(records.items())

@@ -12,12 +12,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.manifest import CommitRecord, commit, write_bytes_atomic
+from pipelines.stages.encode import TOKEN_COLUMNS
 from schemas.layout import shard_name
 from schemas.npy import from_npy
-from schemas.token_shard import TENSOR_NDIM, tensors_to_arrow, token_schema
+from schemas.token_shard import META_FINGERPRINT, SCHEMA_VERSION, TENSOR_NDIM, tensors_to_arrow, token_schema
+from schemas.webdataset import write_tar
 from vtok.storage import join
 
-FORMATS = ("parquet",)
+FORMATS = ("parquet", "webdataset")
+SCALAR_COLUMNS = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "source_fps", "height",
+                  "width", "attributes")
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -53,26 +57,43 @@ def inputs_digest(sample_keys: list[str]) -> str:
     return hashlib.sha256("\n".join(sample_keys).encode()).hexdigest()
 
 
-def build_token_table(rows: list[dict[str, Any]], metadata: dict[bytes, bytes]) -> pa.Table:
-    """Encoded rows (tensors as .npy bytes) -> an Arrow table of schema v1, sorted by sample key."""
-    rows = sorted(rows, key=lambda r: r["sample_key"])
-    optional = [c for c in ("residual_tokens", "frame_tokens") if rows and rows[0][c]]
-    if any(r["attributes"] for r in rows):
+def to_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Encoded rows (tensors as .npy bytes, numpy scalars) -> plain records sorted by sample key."""
+    records = []
+    for r in sorted(rows, key=lambda r: r["sample_key"]):
+        record: dict[str, Any] = {c: _plain(r[c]) for c in SCALAR_COLUMNS}
+        record["frame_indices"] = from_npy(r["frame_indices"]).tolist()
+        for column in TOKEN_COLUMNS:
+            record[column] = from_npy(r[column]) if r[column] else None
+        records.append(record)
+    return records
+
+
+def build_token_table(records: list[dict[str, Any]], metadata: dict[bytes, bytes]) -> pa.Table:
+    """Records -> an Arrow table of schema v1 (optional columns present when the first record has them)."""
+    optional = [c for c in ("residual_tokens", "frame_tokens") if records and records[0][c] is not None]
+    if any(r["attributes"] for r in records):
         optional.append("attributes")
     schema = token_schema(optional).with_metadata(metadata)
     columns: dict[str, pa.Array] = {}
     for f in schema:
         if f.name in TENSOR_NDIM:
-            columns[f.name] = tensors_to_arrow([from_npy(r[f.name]) for r in rows], TENSOR_NDIM[f.name])
-        elif f.name == "frame_indices":
-            columns[f.name] = pa.array([from_npy(r[f.name]).tolist() for r in rows], f.type)
+            columns[f.name] = tensors_to_arrow([r[f.name] for r in records], TENSOR_NDIM[f.name])
         else:
-            columns[f.name] = pa.array([_plain(r[f.name]) for r in rows], f.type)
+            columns[f.name] = pa.array([r[f.name] for r in records], f.type)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
+def webdataset_samples(records: list[dict[str, Any]], fingerprint: str) -> list[dict[str, Any]]:
+    """Records -> WebDataset samples; each .json also names the schema version and fingerprint."""
+    extra = {"schema_version": SCHEMA_VERSION, "tokenizer_fingerprint": fingerprint}
+    return [{k: v for k, v in r.items() if v is not None or k in SCALAR_COLUMNS} | extra for r in records]
+
+
 def _plain(value: Any) -> Any:
-    """numpy scalars and empty strings from the row batches -> Python values for Arrow."""
+    """numpy scalars and empty strings from the row batches -> Python values."""
+    if isinstance(value, bytes):
+        value = value.decode()
     if hasattr(value, "item"):
         value = value.item()
     return None if value == "" else value
@@ -92,6 +113,7 @@ def write_shard(
     metadata: dict[bytes, bytes],
     cfg: SinkConfig,
     storage_options: dict[str, Any] | None = None,
+    fmt: str = "parquet",
 ) -> CommitRecord:
     """Write one shard's tokens and quarantine rows, then commit it. Returns the commit record."""
     good = [r for r in rows if not r["error_reason"]]
@@ -102,8 +124,16 @@ def write_shard(
         inputs_sha256=inputs_digest(input_keys),
     )
     if good:
-        data = parquet_bytes(build_token_table(good, metadata), cfg.compression)
-        record.file = f"shards/{name}.parquet"
+        records = to_records(good)
+        record.frame_counts = {
+            str(t): n for t, n in sorted(Counter(len(r["frame_indices"]) for r in records).items())
+        }
+        if fmt == "webdataset":
+            data = write_tar(webdataset_samples(records, metadata[META_FINGERPRINT].decode()))
+            record.file = f"shards/{name}.tar"
+        else:
+            data = parquet_bytes(build_token_table(records, metadata), cfg.compression)
+            record.file = f"shards/{name}.parquet"
         record.bytes = len(data)
         record.sha256 = hashlib.sha256(data).hexdigest()
         write_bytes_atomic(join(output, record.file), data, storage_options)

@@ -31,10 +31,20 @@ class SourceConfig:
     """Manifest column holding each video's URI (relative URIs resolve against the manifest's folder)."""
     caption_column: str = "caption"
     """Manifest column holding the caption, if any."""
+    clip_length_s: float | None = None
+    """Split every video into clips of this many seconds (None: one clip per video)."""
+    clip_stride_s: float | None = None
+    """Seconds between clip starts when splitting (None: equal to clip_length_s, no overlap)."""
+    min_clip_s: float = 0.5
+    """A trailing piece shorter than this is not made into a clip."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"source.limit must be >= 1, got {self.limit}")
+        if self.clip_length_s is not None and self.clip_length_s <= 0:
+            raise ValueError(f"source.clip_length_s must be > 0, got {self.clip_length_s}")
+        if self.clip_stride_s is not None and (self.clip_stride_s <= 0 or self.clip_length_s is None):
+            raise ValueError("source.clip_stride_s must be > 0 and needs source.clip_length_s")
         if not self.extensions:
             raise ValueError("source.extensions must not be empty")
 
@@ -49,11 +59,17 @@ class ClipItem:
     clip_start_s: float | None = None
     clip_end_s: float | None = None
     attributes: str | None = None  # JSON text
+    read_uri: str | None = None  # where the bytes are, when not source_uri (a WebDataset tar)
+    byte_offset: int = -1  # the member's byte range inside read_uri
+    byte_size: int = -1
 
     def to_row(self) -> dict[str, Any]:
         return {
             "sample_key": self.sample_key,
             "source_uri": self.source_uri,
+            "read_uri": self.read_uri or self.source_uri,
+            "byte_offset": self.byte_offset,
+            "byte_size": self.byte_size,
             # "" not None: an all-null column would reach the sink as NaN floats after Ray's conversions.
             "caption": self.caption or "",
             "clip_start_s": -1.0 if self.clip_start_s is None else float(self.clip_start_s),
@@ -81,13 +97,17 @@ def list_clips(uri: str, cfg: SourceConfig, storage_options: dict[str, Any] | No
     if not fs.exists(path):
         raise FileNotFoundError(f"input {uri}: does not exist")
     if fs.isdir(path):
-        items = _list_folder(uri, fs, path, cfg)
+        items = _list_folder(uri, fs, path, cfg, storage_options)
     elif uri.lower().endswith(MANIFEST_EXTENSIONS):
         items = _read_manifest(uri, cfg, storage_options)
+    elif uri.lower().endswith(".tar"):
+        items = list_tar(uri, cfg, storage_options)
     elif uri.lower().endswith(tuple(cfg.extensions)):
         items = [ClipItem(make_sample_key(uri), uri)]
     else:
-        raise ValueError(f"input {uri}: not a folder, a manifest ({', '.join(MANIFEST_EXTENSIONS)}) or a video")
+        raise ValueError(
+            f"input {uri}: not a folder, a manifest ({', '.join(MANIFEST_EXTENSIONS)}), a .tar or a video"
+        )
     items.sort(key=lambda item: item.sample_key)
     keys = [item.sample_key for item in items]
     if len(set(keys)) != len(keys):
@@ -96,14 +116,72 @@ def list_clips(uri: str, cfg: SourceConfig, storage_options: dict[str, Any] | No
     return items[: cfg.limit] if cfg.limit else items
 
 
-def _list_folder(uri: str, fs: Any, path: str, cfg: SourceConfig) -> list[ClipItem]:
+def _list_folder(
+    uri: str, fs: Any, path: str, cfg: SourceConfig, storage_options: dict[str, Any] | None
+) -> list[ClipItem]:
+    """Videos under the folder, plus the videos inside any WebDataset .tar files there."""
+    from concurrent.futures import ThreadPoolExecutor
+
     extensions = tuple(e.lower() for e in cfg.extensions)
     found = fs.find(path) if cfg.recursive else fs.ls(path, detail=False)
     items = []
+    tars = []
     for p in sorted(found):
+        full = p if is_local(uri) else fs.unstrip_protocol(p)
         if p.lower().endswith(extensions):
-            full = p if is_local(uri) else fs.unstrip_protocol(p)
             items.append(ClipItem(make_sample_key(full), full))
+        elif p.lower().endswith(".tar"):
+            tars.append(full)
+    # Tar listing reads headers over the network: overlap the round trips.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for members in pool.map(lambda t: list_tar(t, cfg, storage_options), tars):
+            items.extend(members)
+    return items
+
+
+def list_tar(uri: str, cfg: SourceConfig, storage_options: dict[str, Any] | None = None) -> list[ClipItem]:
+    """The videos of a WebDataset tar (as video2dataset writes them: KEY.mp4 + KEY.json / KEY.txt).
+
+    Reads member headers and the small caption files only; each video becomes a byte range of the tar
+    that the decode stage reads in place.
+    """
+    import tarfile
+
+    extensions = tuple(e.lower() for e in cfg.extensions)
+    fs, path = get_fs(uri, storage_options)
+    videos: dict[str, tarfile.TarInfo] = {}
+    captions: dict[str, str] = {}
+    with fs.open(path, "rb", block_size=1 << 16) as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    stem, dot, _ = member.name.rpartition(".")
+                    name = member.name.lower()
+                    if name.endswith(extensions):
+                        videos[stem] = member
+                    elif name.endswith(".json") and dot:
+                        meta = json.loads(tar.extractfile(member).read() or b"{}")  # type: ignore[union-attr]
+                        if isinstance(meta, dict) and meta.get("caption") and stem not in captions:
+                            captions[stem] = str(meta["caption"])
+                    elif name.endswith(".txt") and dot:
+                        captions[stem] = tar.extractfile(member).read().decode().strip()  # type: ignore[union-attr]
+        except tarfile.TarError as err:
+            raise ValueError(f"input {uri}: not a readable tar ({err})") from err
+    items = []
+    for stem, member in videos.items():
+        source = f"{uri}#{member.name}"
+        items.append(
+            ClipItem(
+                sample_key=make_sample_key(source),
+                source_uri=source,
+                caption=captions.get(stem),
+                read_uri=uri,
+                byte_offset=member.offset_data,
+                byte_size=member.size,
+            )
+        )
     return items
 
 
@@ -149,3 +227,40 @@ def _read_manifest(uri: str, cfg: SourceConfig, storage_options: dict[str, Any] 
             )
         )
     return items
+
+
+def split_into_clips(item: ClipItem, duration_s: float, cfg: SourceConfig) -> list[ClipItem]:
+    """Fixed-length clips [start, start + length) every stride seconds; a short tail is dropped.
+
+    A video shorter than one clip stays whole. Each clip's key hashes the URI plus its range, so keys
+    stay stable however the rest of the corpus changes.
+    """
+    assert cfg.clip_length_s is not None
+    length = cfg.clip_length_s
+    stride = cfg.clip_stride_s or length
+    lo = item.clip_start_s or 0.0
+    hi = min(duration_s, item.clip_end_s) if item.clip_end_s is not None else duration_s
+    if hi - lo < length:
+        return [item]
+    clips = []
+    start = lo
+    # Round to milliseconds: keys carry millisecond ranges, and float drift must not change a key.
+    while round(hi - start, 3) >= length or (not clips and hi > start):
+        end = min(start + length, hi)
+        if clips and end - start < cfg.min_clip_s:
+            break
+        clips.append(
+            ClipItem(
+                sample_key=make_sample_key(item.source_uri, round(start, 3), round(end, 3)),
+                source_uri=item.source_uri,
+                caption=item.caption,
+                clip_start_s=round(start, 3),
+                clip_end_s=round(end, 3),
+                attributes=item.attributes,
+                read_uri=item.read_uri,
+                byte_offset=item.byte_offset,
+                byte_size=item.byte_size,
+            )
+        )
+        start += stride
+    return clips

@@ -17,14 +17,15 @@ import numpy as np
 
 from pipelines.manifest import bind_run, committed, delete_dataset, write_manifest
 from pipelines.sink import FORMATS, SinkConfig, inputs_digest, write_shard
-from pipelines.sources import ClipItem, SourceConfig, list_clips
+from pipelines.sources import ClipItem, SourceConfig, list_clips, split_into_clips
 from pipelines.stages.decode import decode_batch
 from pipelines.stages.encode import EncodeConfig, EncodeStage
 from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
 from vtok import __version__
+from vtok.storage import check_readable, check_writable
 from vtok.tokenizer import TokenizerConfig, VTokTokenizer, residual_positions
-from vtok.video import DecodeConfig
+from vtok.video import DecodeConfig, DecodeError, probe
 
 
 @dataclass
@@ -69,12 +70,21 @@ class TokenizeConfig:
     """Encoder actor pool resources."""
     sink: SinkConfig = field(default_factory=SinkConfig)
     """Shard size and commit mode."""
+    endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, Ceph, R2); None uses AWS_ENDPOINT_URL or AWS itself."""
     storage_options: dict[str, Any] = field(default_factory=dict)
-    """fsspec options for every URI (e.g. {"endpoint_url": ...} for S3-compatible stores)."""
+    """Extra fsspec options for remote URIs (e.g. {"anon": true} or s3fs client_kwargs)."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+
+    def remote_options(self) -> dict[str, Any] | None:
+        """storage_options with endpoint_url folded in; what every stage receives."""
+        opts = dict(self.storage_options)
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        return opts or None
 
 
 @dataclass
@@ -147,7 +157,7 @@ def resolve_tokenizer_config(cfg: TokenizeConfig) -> TokenizerConfig:
     The device stays as configured ("auto" picks cuda inside the actor when it has one), so a GPU
     declared only as a logical Ray resource still runs, on CPU, with the same fingerprint.
     """
-    return dataclasses.replace(cfg.tokenizer, dtype=_actor_dtype(cfg), storage_options=cfg.storage_options)
+    return dataclasses.replace(cfg.tokenizer, dtype=_actor_dtype(cfg), storage_options=cfg.remote_options() or {})
 
 
 def plan_shards(items: list[ClipItem], rows_per_shard: int) -> list[list[ClipItem]]:
@@ -160,8 +170,13 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
 
     t0 = time.perf_counter()
     stats = RunStats(started_unix=time.time())
-    opts = cfg.storage_options or None
+    opts = cfg.remote_options()
+    # Fail on a missing bucket, a wrong endpoint or refused credentials before any work starts.
+    check_readable(cfg.input, opts)
+    check_writable(cfg.output, opts)
     items = list_clips(cfg.input, cfg.source, opts)
+    if cfg.source.clip_length_s is not None:
+        items = _split_long_videos(items, cfg.source, opts)
     stats.listing_s = time.perf_counter() - t0
     actor_cfg = resolve_tokenizer_config(cfg)
     # The driver loads the tokenizer once on CPU (same dtype as the actors) for the fingerprint and sizes.
@@ -234,7 +249,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                 write_t0 = time.perf_counter()
                 record = write_shard(
                     cfg.output, shard, pending.pop(shard), [i.sample_key for i in shards[shard]], metadata,
-                    cfg.sink, opts,
+                    cfg.sink, opts, cfg.format,
                 )
                 stats.write_s.append(time.perf_counter() - write_t0)
                 stats.shard_bytes.append(record.bytes)
@@ -246,7 +261,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     wall = time.perf_counter() - t0
     records = committed(cfg.output, opts)
     clips_out = sum(r.rows for r in records.values())
-    residual_mean, frame_mean = _token_means(cfg.output, manifest, opts)
+    residual_mean, frame_mean = _token_means(manifest)
     return TokenizeSummary(
         output=cfg.output,
         fingerprint=fingerprint,
@@ -266,21 +281,41 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     )
 
 
-def _token_means(output: str, manifest: dict[str, Any], opts: dict[str, Any] | None) -> tuple[float, float]:
-    """Mean residual count R and mean frame count T over the dataset, from frame_indices alone."""
-    import pyarrow.parquet as pq
+def _split_long_videos(
+    items: list[ClipItem], cfg: SourceConfig, opts: dict[str, Any] | None
+) -> list[ClipItem]:
+    """Probe every video's duration in Ray tasks (headers only) and cut it into fixed-length clips.
 
-    from vtok.storage import get_fs, join
+    A video whose header cannot be read stays one item: the decode stage quarantines it with the reason.
+    """
+    import ray
 
+    def durations(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = []
+        for uri, offset, size in zip(batch["read_uri"], batch["byte_offset"], batch["byte_size"]):
+            try:
+                byte_range = (int(offset), int(size)) if offset >= 0 else None
+                out.append(probe(str(uri), opts, byte_range).duration_s)
+            except DecodeError:
+                out.append(-1.0)
+        return {"index": batch["index"], "duration_s": np.array(out, dtype=np.float64)}
+
+    rows = [item.to_row() | {"index": i} for i, item in enumerate(items)]
+    ds = ray.data.from_items(rows).map_batches(durations, batch_size=16, batch_format="numpy")
+    found = {int(r["index"]): float(r["duration_s"]) for r in ds.iter_rows()}
+    clips: list[ClipItem] = []
+    for i, item in enumerate(items):
+        clips += [item] if found[i] < 0 else split_into_clips(item, found[i], cfg)
+    clips.sort(key=lambda c: c.sample_key)
+    return clips[: cfg.limit] if cfg.limit else clips
+
+
+def _token_means(manifest: dict[str, Any]) -> tuple[float, float]:
+    """Mean residual count R and mean frame count T over the dataset, from the manifest's frame counts."""
     stride = manifest["tokenizer"]["residual_stride"]
-    counts: list[int] = []
-    for shard in manifest["shards"]:
-        fs, path = get_fs(join(output, shard["file"]), opts)
-        with fs.open(path, "rb") as f:
-            column = pq.read_table(f, columns=["frame_indices"]).column("frame_indices")
-        counts.extend(len(x) for x in column.to_pylist())
-    if not counts:
+    counts = {int(t): n for t, n in manifest["frame_counts"].items()}
+    clips = sum(counts.values())
+    if not clips:
         return 0.0, 0.0
-    t = np.array(counts)
-    r = np.array([len(residual_positions(int(n), stride)) for n in t])
-    return float(r.mean()), float(t.mean())
+    r = sum(len(residual_positions(t, stride)) * n for t, n in counts.items()) / clips
+    return r, sum(t * n for t, n in counts.items()) / clips

@@ -59,3 +59,115 @@ def table_tensors(table: pa.Table) -> dict[str, list]:
     """Every tensor column of a token table as per-row numpy arrays."""
     return {name: column_to_tensors(table.column(name), ndim) for name, ndim in TENSOR_NDIM.items()
             if name in table.column_names}
+
+
+def iter_webdataset_shard(uri: str, storage_options: dict[str, Any] | None = None):  # noqa: ANN201
+    """Samples of one WebDataset token tar (tensors as numpy), streamed."""
+    from schemas.webdataset import iter_tar
+
+    fs, path = get_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        yield from iter_tar(f)
+
+
+def read_tokens(uri: str, storage_options: dict[str, Any] | None = None):  # noqa: ANN201
+    """The committed shards of a token dataset as a Ray Dataset (needs Ray; imported here only)."""
+    import pyarrow.fs
+    import ray.data
+
+    shards = shard_uris(uri, storage_options)
+    if not shards:
+        raise FileNotFoundError(f"{uri}: the dataset has no committed shards")
+    fs, _ = get_fs(shards[0], storage_options)
+    # pyarrow's own S3 client ignores AWS_ENDPOINT_URL; going through fsspec keeps one set of settings.
+    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    paths = [get_fs(s, storage_options)[1] for s in shards]
+    if shards[0].endswith(".tar"):
+        return ray.data.read_webdataset(paths, filesystem=filesystem, decoder=_decode_wds_npy)
+    return ray.data.read_parquet(paths, filesystem=filesystem)
+
+
+def _decode_wds_npy(sample: dict[str, Any]) -> dict[str, Any]:
+    from schemas.npy import from_npy
+
+    out: dict[str, Any] = {}
+    for k, v in sample.items():
+        if k.endswith("npy") and isinstance(v, bytes):
+            out[k] = from_npy(v)
+        elif k == "json" and isinstance(v, bytes):
+            out[k] = json.loads(v)
+        else:
+            out[k] = v
+    return out
+
+
+def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Check every shard against the schema and the manifest. Returns (problems, counts)."""
+    import hashlib
+
+    from schemas.token_shard import validate_table
+    from schemas.webdataset import iter_tar, validate_samples
+
+    problems: list[str] = []
+    try:
+        manifest = read_manifest(uri, storage_options)
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        return [str(err)], {}
+    fingerprint = manifest.get("fingerprint")
+    grid = manifest.get("tokenizer", {}).get("grid")
+    stride = manifest.get("tokenizer", {}).get("residual_stride")
+    if manifest.get("schema_version") != "1":
+        problems.append(f"manifest schema version {manifest.get('schema_version')!r} is not '1'")
+    if not manifest.get("complete", False):
+        problems.append(f"dataset incomplete: {len(manifest['shards'])} shard(s) committed of "
+                        f"{manifest.get('num_shards_planned')} planned; rerun the same command to finish it")
+    fs, root = get_fs(uri, storage_options)
+    listed = {s["file"] for s in manifest["shards"]}
+    present: set[str] = set()
+    shard_dir = f"{root.rstrip('/')}/shards"
+    if fs.exists(shard_dir):
+        for p in fs.ls(shard_dir, detail=False):
+            name = p.rsplit("/", 1)[-1]
+            if not name.startswith(".tmp-"):  # an interrupted local write, never read by anyone
+                present.add(f"shards/{name}")
+    for stray in sorted(present - listed):
+        problems.append(f"{stray}: stray shard, not in the manifest")
+    rows_total = 0
+    for entry in manifest["shards"]:
+        name = entry["file"]
+        if name not in present:
+            problems.append(f"{name}: missing (listed in the manifest)")
+            continue
+        with fs.open(f"{root.rstrip('/')}/{name}", "rb") as f:
+            data = f.read()
+        if len(data) != entry["bytes"]:
+            problems.append(f"{name}: {len(data)} bytes, the manifest says {entry['bytes']}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest (corrupted or replaced)")
+            continue
+        import io
+
+        if name.endswith(".tar"):
+            samples = list(iter_tar(io.BytesIO(data)))
+            rows = len(samples)
+            shard_problems = validate_samples(samples, grid, stride)
+            prints = {s.get("tokenizer_fingerprint") for s in samples}
+            if prints - {fingerprint}:
+                shard_problems.append(f"tokenizer fingerprint(s) {sorted(p[:12] for p in prints if p)} differ "
+                                      f"from the dataset's {str(fingerprint)[:12]}")
+        else:
+            table = pq.read_table(io.BytesIO(data))
+            rows = table.num_rows
+            shard_problems = validate_table(table, expected_fingerprint=fingerprint)
+        problems += [f"{name}: {p}" for p in shard_problems]
+        if rows != entry["rows"]:
+            problems.append(f"{name}: {rows} rows, the manifest says {entry['rows']}")
+        rows_total += rows
+    for entry in manifest.get("quarantine", []):
+        if not fs.exists(f"{root.rstrip('/')}/{entry['file']}"):
+            problems.append(f"{entry['file']}: quarantine table missing (listed in the manifest)")
+    if rows_total != manifest.get("rows"):
+        problems.append(f"{rows_total} rows in the shards, the manifest says {manifest.get('rows')}")
+    counts = {"shards": len(manifest["shards"]), "rows": rows_total, "quarantined": manifest.get("quarantined", 0),
+              "fingerprint": fingerprint}
+    return problems, counts

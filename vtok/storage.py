@@ -22,9 +22,97 @@ def strip_file_scheme(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
+class StorageError(RuntimeError):
+    """A URI that cannot be used: missing bucket, unreachable endpoint, refused credentials."""
+
+
+# Retries for object stores: 503 SlowDown, throttling and dropped connections back off and retry.
+S3_RETRIES = {"max_attempts": 10, "mode": "adaptive"}
+
+
+def protocol_of(uri: str) -> str:
+    return "file" if is_local(uri) else uri.split("://", 1)[0]
+
+
+def options_for(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """fsspec options for `uri`: none for local paths; for S3, vtok's retry policy under the user's options.
+
+    The endpoint comes from `storage_options["endpoint_url"]` or, as for every AWS tool, from
+    AWS_ENDPOINT_URL (botocore reads it); credentials from the standard chain (env, profile, role).
+    """
+    if is_local(uri):
+        return {}
+    opts = dict(storage_options or {})
+    if protocol_of(uri) in ("s3", "s3a"):
+        config_kwargs = dict(opts.get("config_kwargs") or {})
+        config_kwargs.setdefault("retries", S3_RETRIES)
+        opts["config_kwargs"] = config_kwargs
+    return opts
+
+
 def get_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem that serves `uri` and the path within it."""
-    return url_to_fs(uri, **(storage_options or {}))
+    if is_local(uri):
+        return url_to_fs(strip_file_scheme(uri))
+    return url_to_fs(uri, **options_for(uri, storage_options))
+
+
+def _explain(uri: str, err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    lowered = text.lower()
+    if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
+        return f"{uri}: the bucket does not exist ({text})"
+    if "could not connect" in lowered or "endpointconnectionerror" in lowered or "connect" in lowered:
+        return f"{uri}: cannot reach the storage endpoint ({text}); check endpoint_url / AWS_ENDPOINT_URL"
+    if any(w in lowered for w in ("accessdenied", "forbidden", "invalidaccesskeyid", "signaturedoesnotmatch",
+                                  "nocredentials", "permission")):
+        return f"{uri}: access refused ({text}); check the credentials (env, profile or instance role)"
+    return f"{uri}: {text}"
+
+
+def _fast_fail_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """A filesystem that gives up quickly: pre-flight checks must not sit in retry loops."""
+    if is_local(uri):
+        return get_fs(uri)
+    opts = options_for(uri, storage_options)
+    if protocol_of(uri) in ("s3", "s3a"):
+        opts["config_kwargs"] = {**opts["config_kwargs"], "retries": {"max_attempts": 2, "mode": "standard"},
+                                 "connect_timeout": 5}
+        opts["skip_instance_cache"] = True
+    return url_to_fs(uri, **opts)
+
+
+def check_readable(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail now, naming `uri`, if it does not exist or cannot be reached."""
+    bucket_missing = False
+    try:
+        fs, path = _fast_fail_fs(uri, storage_options)
+        exists = fs.exists(path)
+        if not exists and not is_local(uri):
+            # exists() swallows errors; ls() of the bucket surfaces the real one (no bucket, refused keys).
+            try:
+                fs.ls(path.split("/", 1)[0], detail=False)
+            except FileNotFoundError:
+                bucket_missing = True
+    except Exception as err:  # noqa: BLE001 - every backend raises its own types
+        raise StorageError(_explain(uri, err)) from err
+    if bucket_missing:
+        raise StorageError(f"{uri}: the bucket does not exist")
+    if not exists:
+        raise StorageError(f"{uri}: does not exist")
+
+
+def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail now, naming `uri`, if a small object cannot be written (and deleted) under it."""
+    try:
+        fs, path = _fast_fail_fs(uri, storage_options)
+        probe = f"{path.rstrip('/')}/_vtok/.write-probe"
+        if is_local(uri):
+            os.makedirs(os.path.dirname(probe), exist_ok=True)
+        fs.pipe_file(probe, b"ok")
+        fs.rm_file(probe)
+    except Exception as err:  # noqa: BLE001 - every backend raises its own types
+        raise StorageError(_explain(uri, err)) from err
 
 
 def join(base: str, *parts: str) -> str:

@@ -12,6 +12,7 @@ raises "timeout": that reason is for callers that bound the time a decode may ta
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -299,10 +300,10 @@ class _Source:
 
 def _stat(uri: str, storage_options: dict | None) -> tuple[Any, str, int | None]:
     """(filesystem, path, size) for `uri`; raises DecodeError for missing, empty or non-file inputs."""
-    import fsspec
+    from vtok.storage import get_fs
 
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = get_fs(uri, storage_options)
     except (ImportError, ValueError) as e:
         # An unknown protocol or a missing fsspec implementation: the object cannot be reached.
         raise DecodeError(uri, "missing", f"cannot resolve the URI: {type(e).__name__}: {e}") from e
@@ -320,15 +321,60 @@ def _stat(uri: str, storage_options: dict | None) -> tuple[Any, str, int | None]
     return fs, path, size
 
 
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable window [offset, offset + size) of another file: a video inside a tar."""
+
+    def __init__(self, f: Any, offset: int, size: int) -> None:
+        super().__init__()
+        self._f, self._offset, self._size, self._pos = f, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._offset + self._pos)
+        data = self._f.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 @contextmanager
-def _open_source(uri: str, storage_options: dict | None, max_file_bytes: int | None) -> Iterator[_Source]:
+def _open_source(
+    uri: str, storage_options: dict | None, max_file_bytes: int | None, byte_range: tuple[int, int] | None = None
+) -> Iterator[_Source]:
     from fsspec.implementations.local import LocalFileSystem
 
     fs, path, size = _stat(uri, storage_options)
+    if byte_range is not None:
+        offset, length = byte_range
+        if size is not None and offset + length > size:
+            raise DecodeError(uri, "truncated", f"bytes [{offset}, {offset + length}) run past the {size}-byte file")
+        if length == 0:
+            raise DecodeError(uri, "zero_bytes", f"the member at byte {offset} is empty")
+        size = length
     if max_file_bytes is not None and size is not None and size > max_file_bytes:
         raise DecodeError(
             uri, "over_limit", f"file size (bytes) {size} exceeds decode.max_file_bytes={max_file_bytes}"
         )
+    if byte_range is not None:
+        with fs.open(path, "rb") as f:
+            yield _Source(uri, io.BufferedReader(_RangeFile(f, byte_range[0], byte_range[1]), 1 << 16), None, size)
+        return
     if isinstance(fs, LocalFileSystem):
         # FFmpeg's own file protocol is faster than reading through Python callbacks.
         yield _Source(uri, path, path, size)
@@ -477,14 +523,14 @@ def _wrap_unexpected(uri: str, e: BaseException) -> DecodeError:
     return DecodeError(uri, "decoder_crash", f"{type(e).__name__}: {e}")
 
 
-def probe(uri: str, storage_options: dict | None = None) -> VideoInfo:
+def probe(uri: str, storage_options: dict | None = None, byte_range: tuple[int, int] | None = None) -> VideoInfo:
     """Read a video's header (no frame is decoded): frame rate, frame count, duration, size, codec.
 
     Raises DecodeError (missing, zero_bytes, not_a_video, truncated, no_video_stream, unsupported_codec,
     zero_frames, decoder_crash). Limits are not checked here: `decode_clip` checks them against its config.
     """
     try:
-        with _open_source(uri, storage_options, None) as source:
+        with _open_source(uri, storage_options, None, byte_range) as source:
             container = _open_container(source)
             try:
                 return _read_info(source, container, _video_stream(container, uri))[0]
@@ -826,18 +872,20 @@ def decode_clip(
     clip_start_s: float | None = None,
     clip_end_s: float | None = None,
     storage_options: dict | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> DecodedClip:
     """Decode the frames that `sample_frame_indices` picks from the clip [clip_start_s, clip_end_s).
 
     `uri` is a local path or an fsspec URI (opened with `storage_options`), read in place: never whole
     into memory, and only as far as the last sampled frame (decord, which needs a path, gets a streamed
-    local copy of a remote file). The header is checked against the limits of `cfg` before any decode.
+    local copy of a remote file). `byte_range` = (offset, size) reads a video stored inside a bigger file,
+    such as a WebDataset tar, in place. The header is checked against the limits of `cfg` before any decode.
     Every failure raises DecodeError with a reason from REASONS; an exception nobody expected from the
     decoder becomes reason "decoder_crash" carrying the original message.
     """
     try:
         with ExitStack() as stack:
-            source = stack.enter_context(_open_source(uri, storage_options, cfg.max_file_bytes))
+            source = stack.enter_context(_open_source(uri, storage_options, cfg.max_file_bytes, byte_range))
             container = _open_container(source)
             stack.callback(container.close)
             stream = _video_stream(container, uri)

@@ -15,6 +15,8 @@ from schemas.npy import to_npy
 from vtok.video import DecodeConfig, DecodeError, decode_clip
 
 PASSTHROUGH = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "attributes", "shard")
+# A video inside a WebDataset tar: the bytes are read_uri[byte_offset : byte_offset + byte_size].
+LOCATION = ("read_uri", "byte_offset", "byte_size")
 
 
 def decode_batch(
@@ -38,12 +40,15 @@ def decode_batch(
         start = float(batch["clip_start_s"][i])
         end = float(batch["clip_end_s"][i])
         uri = str(batch["source_uri"][i])
+        offset = int(batch["byte_offset"][i])
+        byte_range = (offset, int(batch["byte_size"][i])) if offset >= 0 else None
         try:
             clip = decode_clip(
-                uri, cfg, None if start < 0 else start, None if end < 0 else end, storage_options=storage_options
+                str(batch["read_uri"][i]), cfg, None if start < 0 else start, None if end < 0 else end,
+                storage_options=storage_options, byte_range=byte_range,
             )
         except DecodeError as err:
-            _append_error(columns, err.reason, str(err))
+            _append_error(columns, err.reason, f"{uri}: {err.reason}: {err.message}")
             columns["decode_s"].append(time.perf_counter() - started)
             continue
         except Exception as err:  # noqa: BLE001 - any decoder failure is a quarantine row, never a lost batch

@@ -1,0 +1,106 @@
+"""WebDataset layout of token shards: one sample per clip, tensors as .npy, metadata as .json.
+
+    KEY.json                 every scalar column of schema v1 plus frame_indices, schema version, fingerprint
+    KEY.key.npy              key_tokens [S, D] float32
+    KEY.residual.npy         residual_features [R, D] float32
+    KEY.residual_tokens.npy  residual_tokens [R, D'] (optional)
+    KEY.frame_tokens.npy     frame_tokens [T, S, D] (optional)
+
+Keys are vtok sample keys (hex and underscores, no dots), so WebDataset's split at the first dot is
+exact. Members are written in sorted order with zeroed owner and mtime: same tokens, same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+
+from schemas.npy import from_npy, to_npy
+
+TENSOR_SUFFIXES = {
+    "key_tokens": "key.npy",
+    "residual_features": "residual.npy",
+    "residual_tokens": "residual_tokens.npy",
+    "frame_tokens": "frame_tokens.npy",
+}
+REQUIRED_SUFFIXES = ("json", "key.npy", "residual.npy")
+
+
+def sample_members(sample: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """(member name, bytes) of one sample: `sample` holds scalar metadata and numpy tensors by column name."""
+    key = sample["sample_key"]
+    assert "." not in key, f"sample key {key!r} must not contain dots"
+    meta = {k: v for k, v in sample.items() if k not in TENSOR_SUFFIXES}
+    members = [(f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+    for column, suffix in TENSOR_SUFFIXES.items():
+        value = sample.get(column)
+        if value is not None:
+            members.append((f"{key}.{suffix}", to_npy(np.asarray(value))))
+    return members
+
+
+def write_tar(samples: list[dict[str, Any]]) -> bytes:
+    """A deterministic tar of samples in sample-key order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in sorted(samples, key=lambda s: s["sample_key"]):
+            for name, data in sample_members(sample):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def iter_tar(fileobj: IO[bytes]) -> Iterator[dict[str, Any]]:
+    """Samples of a token tar, with tensors as numpy arrays (no pickle anywhere)."""
+    current: dict[str, Any] | None = None
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, suffix = member.name.partition(".")
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if current is None or current["sample_key"] != key:
+                if current is not None:
+                    yield current
+                current = {"sample_key": key}
+            if suffix == "json":
+                current.update(json.loads(data))
+            else:
+                column = {v: k for k, v in TENSOR_SUFFIXES.items()}.get(suffix)
+                if column is None:
+                    raise ValueError(f"unexpected member {member.name!r} in token tar")
+                current[column] = from_npy(data)
+    if current is not None:
+        yield current
+
+
+def validate_samples(samples: list[dict[str, Any]], grid: int | None, stride: int | None) -> list[str]:
+    """Schema problems of decoded samples, as sentences."""
+    problems = []
+    for s in samples:
+        key = s["sample_key"]
+        for column in ("key_tokens", "residual_features", "source_uri", "frame_indices"):
+            if column not in s:
+                problems.append(f"{key}: {column} missing")
+        if problems:
+            continue
+        if grid is not None and s["key_tokens"].shape[0] != grid * grid:
+            problems.append(f"{key}: key_tokens has {s['key_tokens'].shape[0]} tokens, expected S={grid * grid}")
+        if stride:
+            expected = len(range(stride, len(s["frame_indices"]), stride))
+            if s["residual_features"].shape[0] != expected:
+                problems.append(f"{key}: residual_features has {s['residual_features'].shape[0]} rows, expected R={expected}")
+    keys = [s["sample_key"] for s in samples]
+    if len(set(keys)) != len(keys):
+        problems.append(f"{len(keys) - len(set(keys))} duplicate sample keys")
+    return problems
