@@ -32,10 +32,9 @@ class CommitRecord:
     """What one committed shard holds."""
 
     shard: int
-    file: str | None  # relative to the output URI; None when every input of the shard failed
+    files: list[dict[str, Any]]  # {file (relative to the output), rows, bytes, sha256}; [] if every input failed
     rows: int
     bytes: int
-    sha256: str | None
     num_inputs: int
     inputs_sha256: str  # hash of the shard's input sample keys, to notice a changed input listing
     quarantine_file: str | None = None
@@ -137,11 +136,7 @@ def write_manifest(output: str, run: dict[str, Any], storage_options: dict[str, 
         "quarantined": sum(r.quarantine_rows for r in records.values()),
         "errors": dict(sorted(errors.items())),
         "frame_counts": dict(sorted(frame_counts.items(), key=lambda kv: int(kv[0]))),
-        "shards": [
-            {"file": r.file, "rows": r.rows, "bytes": r.bytes, "sha256": r.sha256}
-            for _, r in sorted(records.items())
-            if r.file is not None
-        ],
+        "shards": [f for _, r in sorted(records.items()) for f in r.files],
         "quarantine": [
             {"file": r.quarantine_file, "rows": r.quarantine_rows}
             for _, r in sorted(records.items())

@@ -41,6 +41,9 @@ class SinkConfig:
 
     rows_per_shard: int = 256
     """Input clips per shard (a shard's rows are fewer when some of its inputs are quarantined)."""
+    max_shard_bytes: int = 512 << 20
+    """A shard whose file would be larger is cut into parts (part-00003-000, -001, ...) of at most this size
+    (a single clip larger than this gets a part of its own)."""
     compression: str = "zstd"
     """Parquet compression codec."""
     mode: str = "resume"
@@ -49,6 +52,8 @@ class SinkConfig:
     def __post_init__(self) -> None:
         if self.rows_per_shard < 1:
             raise ValueError(f"sink.rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if self.max_shard_bytes < 1:
+            raise ValueError(f"sink.max_shard_bytes must be >= 1, got {self.max_shard_bytes}")
         if self.mode not in ("resume", "overwrite"):
             raise ValueError(f"sink.mode must be resume or overwrite, got {self.mode!r}")
 
@@ -105,6 +110,30 @@ def parquet_bytes(table: pa.Table, compression: str) -> bytes:
     return buf.getvalue()
 
 
+def _encode(records: list[dict[str, Any]], metadata: dict[bytes, bytes], fmt: str, cfg: SinkConfig) -> bytes:
+    if fmt == "webdataset":
+        return write_tar(webdataset_samples(records, metadata[META_FINGERPRINT].decode()))
+    return parquet_bytes(build_token_table(records, metadata), cfg.compression)
+
+
+def _encode_parts(
+    records: list[dict[str, Any]], metadata: dict[bytes, bytes], fmt: str, cfg: SinkConfig
+) -> list[tuple[list[dict[str, Any]], bytes]]:
+    """Serialise the shard; if over max_shard_bytes, cut it into contiguous parts until each fits.
+
+    Depends only on the tokens, so the cut is the same on every run.
+    """
+    data = _encode(records, metadata, fmt, cfg)
+    if len(data) <= cfg.max_shard_bytes or len(records) == 1:
+        return [(records, data)]
+    pieces = -(-len(data) // cfg.max_shard_bytes)
+    size = -(-len(records) // pieces)
+    out: list[tuple[list[dict[str, Any]], bytes]] = []
+    for start in range(0, len(records), size):
+        out += _encode_parts(records[start : start + size], metadata, fmt, cfg)
+    return out
+
+
 def write_shard(
     output: str,
     shard: int,
@@ -120,7 +149,7 @@ def write_shard(
     bad = sorted((r for r in rows if r["error_reason"]), key=lambda r: r["sample_key"])
     name = shard_name(shard)
     record = CommitRecord(
-        shard=shard, file=None, rows=len(good), bytes=0, sha256=None, num_inputs=len(input_keys),
+        shard=shard, files=[], rows=len(good), bytes=0, num_inputs=len(input_keys),
         inputs_sha256=inputs_digest(input_keys),
     )
     if good:
@@ -128,15 +157,15 @@ def write_shard(
         record.frame_counts = {
             str(t): n for t, n in sorted(Counter(len(r["frame_indices"]) for r in records).items())
         }
-        if fmt == "webdataset":
-            data = write_tar(webdataset_samples(records, metadata[META_FINGERPRINT].decode()))
-            record.file = f"shards/{name}.tar"
-        else:
-            data = parquet_bytes(build_token_table(records, metadata), cfg.compression)
-            record.file = f"shards/{name}.parquet"
-        record.bytes = len(data)
-        record.sha256 = hashlib.sha256(data).hexdigest()
-        write_bytes_atomic(join(output, record.file), data, storage_options)
+        suffix = "tar" if fmt == "webdataset" else "parquet"
+        parts = _encode_parts(records, metadata, fmt, cfg)
+        for k, (part, data) in enumerate(parts):
+            file = f"shards/{name}.{suffix}" if len(parts) == 1 else f"shards/{name}-{k:03d}.{suffix}"
+            write_bytes_atomic(join(output, file), data, storage_options)
+            record.files.append(
+                {"file": file, "rows": len(part), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            )
+        record.bytes = sum(f["bytes"] for f in record.files)
     if bad:
         table = pa.Table.from_pylist(
             [
