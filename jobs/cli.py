@@ -69,34 +69,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import numpy as np
+    from vtok.dataset import describe
 
-    from vtok.dataset import read_manifest, read_shard, shard_info, shard_uris
-
-    uris = shard_uris(args.uri)
-    if not uris:
-        print(f"{args.uri}: no committed shards")
-        return 1
-    info = shard_info(uris[0])
-    rows = sum(shard_info(u)["rows"] for u in uris)
-    frame_counts: list[int] = []
-    for u in uris:
-        frame_counts += [len(x) for x in read_shard(u, columns=["frame_indices"]).column("frame_indices").to_pylist()]
-    grid, stride = info["tokenizer"].get("grid", 0), info["tokenizer"].get("residual_stride", 1)
-    t = np.array(frame_counts) if frame_counts else np.zeros(1)
-    r = np.array([len(range(stride, int(n), stride)) for n in t])
+    d = describe(args.uri)
+    grid, stride = d["tokenizer"].get("grid", 0), d["tokenizer"].get("residual_stride", 1)
+    counts = {int(t): n for t, n in d["frame_counts"].items()} or {0: 0}
+    clips = max(1, sum(counts.values()))
+    r_mean = sum(len(range(stride, t, stride)) * n for t, n in counts.items()) / clips
+    t_mean = sum(t * n for t, n in counts.items()) / clips
     print(f"dataset          {args.uri}")
-    print(f"schema version   {info['schema_version']}")
-    print(f"fingerprint      {info['fingerprint']}")
-    print(f"shards           {len(uris)}")
-    print(f"rows             {rows}")
-    print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={info['tokenizer'].get('hidden_size')})")
-    print(f"residual R       mean {r.mean():.1f}, min {r.min()}, max {r.max()}")
-    print(f"tokens per clip  VTok S+R = {grid * grid + r.mean():.1f}; frame sampling T*S = {grid * grid * t.mean():.1f}")
-    if not args.uri.endswith((".parquet", ".tar")):
-        manifest = read_manifest(args.uri)
-        print(f"quarantined      {manifest['quarantined']} {manifest['errors'] or ''}".rstrip())
-        print(f"complete         {manifest['complete']}")
+    print(f"format           {d['format']}")
+    print(f"schema version   {d['schema_version']}")
+    print(f"fingerprint      {d['fingerprint']}")
+    print(f"shards           {d['shards']}")
+    print(f"rows             {d['rows']}")
+    print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={d['tokenizer'].get('hidden_size')})")
+    print(f"residual R       mean {r_mean:.1f} (T from {min(counts)} to {max(counts)} frames, stride {stride})")
+    print(f"tokens per clip  VTok S+R = {grid * grid + r_mean:.1f}; frame sampling T*S = {grid * grid * t_mean:.1f}")
+    if "quarantined" in d:
+        print(f"quarantined      {d['quarantined']} {d['errors'] or ''}".rstrip())
+        print(f"complete         {d['complete']}")
     return 0
 
 

@@ -55,6 +55,31 @@ def shard_info(uri: str, storage_options: dict[str, Any] | None = None) -> dict[
     }
 
 
+def describe(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `vtok inspect` shows: from the manifest for a dataset, from the file itself for one shard."""
+    from collections import Counter
+
+    if not uri.endswith((".parquet", ".tar")):
+        m = read_manifest(uri, storage_options)
+        keys = ("format", "schema_version", "fingerprint", "tokenizer", "rows", "frame_counts", "quarantined",
+                "errors", "complete")
+        return {k: m[k] for k in keys} | {"shards": len(m["shards"])}
+    if uri.endswith(".tar"):
+        samples = list(iter_webdataset_shard(uri, storage_options))
+        first = samples[0] if samples else {}
+        frames = Counter(len(s["frame_indices"]) for s in samples)
+        tokenizer = {"grid": int(round(len(first.get("key_tokens", [])) ** 0.5)),
+                     "hidden_size": first["key_tokens"].shape[1] if samples else None}
+        return {"format": "webdataset", "schema_version": first.get("schema_version", ""),
+                "fingerprint": first.get("tokenizer_fingerprint", ""), "tokenizer": tokenizer, "rows": len(samples),
+                "frame_counts": {str(t): n for t, n in frames.items()}, "shards": 1}
+    info = shard_info(uri, storage_options)
+    frames = Counter(len(x) for x in read_shard(uri, storage_options, ["frame_indices"])["frame_indices"].to_pylist())
+    return {"format": "parquet", "schema_version": info["schema_version"], "fingerprint": info["fingerprint"],
+            "tokenizer": info["tokenizer"], "rows": info["rows"], "shards": 1,
+            "frame_counts": {str(t): n for t, n in frames.items()}}
+
+
 def table_tensors(table: pa.Table) -> dict[str, list]:
     """Every tensor column of a token table as per-row numpy arrays."""
     return {name: column_to_tensors(table.column(name), ndim) for name, ndim in TENSOR_NDIM.items()

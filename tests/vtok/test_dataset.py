@@ -153,3 +153,15 @@ def test_large_shards_are_cut_by_bytes(ray_local, shapes_corpus: Path, tmp_path:
     assert [s["file"] for s in manifest["shards"]][0] == "shards/part-00000-000.parquet"
     assert sum(s["rows"] for s in manifest["shards"]) == 6
     assert validate_dataset(str(tmp_path))[0] == []
+
+
+def test_describe_dataset_and_single_shards(datasets: dict[str, Path]) -> None:
+    from vtok.dataset import describe
+
+    whole = describe(str(datasets["webdataset"]))
+    assert whole["rows"] == 6 and whole["shards"] == 2 and whole["frame_counts"] == {"8": 6}
+    tar = describe(shard_uris(str(datasets["webdataset"]))[0])
+    parquet = describe(shard_uris(str(datasets["parquet"]))[0])
+    assert tar["rows"] == parquet["rows"] == 4
+    assert tar["fingerprint"] == parquet["fingerprint"] == whole["fingerprint"]
+    assert tar["tokenizer"]["grid"] == parquet["tokenizer"]["grid"] == 4
