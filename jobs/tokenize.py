@@ -18,6 +18,8 @@ class RayConfig:
     """None starts a local Ray in this process; otherwise a cluster address ("auto", "ray://host:10001")."""
     num_cpus: int | None = None
     """CPUs of the local Ray (None: all of this machine's)."""
+    temp_dir: str | None = None
+    """Temp/session dir of the local Ray (None: a fresh /tmp/vtok-ray-* of its own)."""
 
 
 @dataclass
@@ -38,7 +40,7 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    temp_dir = tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")
+    temp_dir = cfg.temp_dir or tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
 
 
@@ -48,4 +50,20 @@ def load_tokenize_config(overrides: list[str], config_file: str | None = None) -
 
 def run(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeSummary:
     init_ray(cfg.ray)
-    return run_tokenize(cfg, progress=progress)
+    summary = run_tokenize(cfg, progress=progress)
+    _write_report(summary, cfg)
+    return summary
+
+
+def _write_report(summary: TokenizeSummary, cfg: TokenizeJobConfig) -> None:
+    """report.json + report.html next to the shards; a failure here never fails a run whose shards are committed."""
+    import logging
+
+    from pipelines.report import write_report
+
+    try:
+        paths = write_report(summary, cfg)
+    except Exception as err:  # noqa: BLE001 - any storage error: the dataset itself is already complete
+        logging.getLogger(__name__).error("could not write the run report under %s: %s", summary.output, err)
+        return
+    print(f"report             {paths.html} (summary: vtok report {summary.output})", flush=True)

@@ -200,7 +200,9 @@ def build_report(
             "encoded_this_run": encoded,
             "quarantined_this_run": clips_this_run - encoded,
             "shards_planned": manifest.get("num_shards_planned", 0),
-            "shards_committed": len(manifest.get("shards", [])),
+            # Committed before this run plus written by it (a shard whose inputs all failed has no file).
+            "shards_committed": summary.shards_written + summary.shards_skipped,
+            "shard_files": len(manifest.get("shards", [])),
             "shards_written": summary.shards_written,
             "shards_skipped": summary.shards_skipped,
             "complete": bool(manifest.get("complete", False)),

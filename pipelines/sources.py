@@ -202,7 +202,9 @@ def _read_manifest(uri: str, cfg: SourceConfig, storage_options: dict[str, Any] 
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             if lower.endswith(".json") and len(rows) == 1 and isinstance(rows[0], list):
                 rows = rows[0]
-            table = pa.Table.from_pylist(rows)
+            # Not from_pylist: it takes the columns of the first row only.
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            table = pa.table({c: [r.get(c) for r in rows] for c in columns})
     if cfg.uri_column not in table.column_names:
         raise ValueError(f"manifest {uri}: no {cfg.uri_column!r} column (columns: {table.column_names})")
     base = parent(uri)

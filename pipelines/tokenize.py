@@ -38,8 +38,14 @@ class DecodeStageConfig:
     """Clips per decode task."""
     memory_mb: int = 512
     """Memory reserved per decode task; also keeps Ray from fusing decode into the encoder actors."""
+    isolate: bool = True
+    """Decode in a supervised child process, so a decoder crash or hang costs one clip, not the run."""
+    timeout_s: float = 300.0
+    """Per-clip decode time limit when isolated; an overrun is quarantined as "timeout"."""
 
     def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"decode_stage.timeout_s must be > 0, got {self.timeout_s}")
         if self.num_cpus <= 0:
             raise ValueError(f"decode_stage.num_cpus must be > 0, got {self.num_cpus}")
         if self.memory_mb <= 0:
@@ -220,7 +226,11 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // cfg.decode_stage.batch_size))
         ds = ds.map_batches(
             decode_batch,
-            fn_kwargs={"cfg": decode_cfg, "storage_options": opts},
+            fn_kwargs={
+                "cfg": decode_cfg,
+                "storage_options": opts,
+                "timeout_s": cfg.decode_stage.timeout_s if cfg.decode_stage.isolate else None,
+            },
             batch_size=cfg.decode_stage.batch_size,
             num_cpus=cfg.decode_stage.num_cpus,
             memory=cfg.decode_stage.memory_mb * 1024 * 1024,

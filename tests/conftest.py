@@ -17,6 +17,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Decoder fault injection (vtok.isolated) for files named with these markers, in every Ray worker.
+os.environ["VTOK_DECODE_FAULTS"] = "crash=__vtok_crash__,hang=__vtok_hang__"
 
 
 def _free_port() -> int:

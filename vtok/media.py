@@ -54,3 +54,21 @@ def write_mp4(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_audio_only(path: str | Path, seconds: float = 0.5, rate: int = 16000) -> Path:
+    """An mp4 holding only a silent AAC track: a real file with no video stream."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=rate)
+        for k in range(int(seconds * rate / 1024) + 1):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = k * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

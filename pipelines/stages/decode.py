@@ -12,17 +12,35 @@ from typing import Any
 import numpy as np
 
 from schemas.npy import to_npy
+from vtok.isolated import IsolatedDecoder
 from vtok.video import DecodeConfig, DecodeError, decode_clip
 
 PASSTHROUGH = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "attributes", "shard")
-# A video inside a WebDataset tar: the bytes are read_uri[byte_offset : byte_offset + byte_size].
-LOCATION = ("read_uri", "byte_offset", "byte_size")
+
+# One decoder child per Ray worker process, reused by every batch that process runs.
+_isolated: dict[float, IsolatedDecoder] = {}
+
+
+def _decoder(timeout_s: float | None) -> Any:
+    if timeout_s is None:
+        return decode_clip
+    if timeout_s not in _isolated:
+        _isolated[timeout_s] = IsolatedDecoder(timeout_s)
+    return _isolated[timeout_s].decode
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], cfg: DecodeConfig, storage_options: dict[str, Any] | None = None
+    batch: dict[str, np.ndarray],
+    cfg: DecodeConfig,
+    storage_options: dict[str, Any] | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Decode every clip of a batch; frames travel as .npy bytes so clips of different T share a column."""
+    """Decode every clip of a batch; frames travel as .npy bytes so clips of different T share a column.
+
+    With `timeout_s`, each clip decodes in a supervised child process (see vtok.isolated): a crash or
+    a hang becomes that clip's quarantine reason instead of killing the task.
+    """
+    decode = _decoder(timeout_s)
     n = len(batch["sample_key"])
     out: dict[str, list[Any]] = {k: list(batch[k]) for k in PASSTHROUGH}
     columns: dict[str, list[Any]] = {
@@ -43,7 +61,7 @@ def decode_batch(
         offset = int(batch["byte_offset"][i])
         byte_range = (offset, int(batch["byte_size"][i])) if offset >= 0 else None
         try:
-            clip = decode_clip(
+            clip = decode(
                 str(batch["read_uri"][i]), cfg, None if start < 0 else start, None if end < 0 else end,
                 storage_options=storage_options, byte_range=byte_range,
             )
