@@ -653,7 +653,7 @@ def render_html(report: dict[str, Any]) -> str:
               f"{'complete' if c['complete'] else 'INCOMPLETE'}"),
     ])
     if errors:
-        error_chart = hbar_svg([(k, float(v), PALETTE["error"], f"{v} inputs") for k, v in errors.items()],
+        error_chart = hbar_svg([(k, float(v), PALETTE["error"], f"{v} input{'s' if v != 1 else ''}") for k, v in errors.items()],
                                "", "errors by reason")
         rows = "".join(
             f"<tr><td>{_e(reason)}</td><td>{_e(s['source_uri'])}</td><td>{_e(s['message'])}</td></tr>"
@@ -668,6 +668,8 @@ def render_html(report: dict[str, Any]) -> str:
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["generated_unix"]))
     vt, fs = t["vtok_per_clip"], t["frame_sampling_per_clip"]
     stage_chart = hbar_svg(_stage_items(report), " s", "busy time per stage")
+    stride = t["residual_stride"]
+    stride_text = "later sampled frame" if stride == 1 else f"{stride} sampled frames"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>vtok report: {_e(report['output'])}</title><style>{CSS}</style></head>
@@ -685,8 +687,8 @@ Sizing: {_e(sizing_advice(report))}.</p></section>
 <section><h2>Tokens per clip: VTok S+R vs frame sampling T*S</h2>{histogram_svg(report)}
 <p class="note">This run: VTok p50 {vt['p50']:.0f}, p90 {vt['p90']:.0f}, max {vt['max']:.0f};
 T*S p50 {fs['p50']:.0f}, p90 {fs['p90']:.0f}, max {fs['max']:.0f}. Totals {t['vtok_total_this_run']:,} vs
-{t['frame_sampling_total_this_run']:,} tokens (S = {t['key_tokens_per_clip']}, one residual per
-{t['residual_stride']} sampled frames).</p></section>
+{t['frame_sampling_total_this_run']:,} tokens (S = {t['key_tokens_per_clip']}, one residual token per
+{stride_text}).</p></section>
 <section><h2>Errors by reason</h2>{error_body}</section>
 <section><details><summary><b>Config</b> (credentials redacted)</summary><pre>{_e(config)}</pre></details>
 </section>
