@@ -123,18 +123,6 @@ def _rate(count: float, seconds: float) -> float:
     return float(count / seconds) if seconds > 0 else 0.0
 
 
-def _timeline(samples: list[tuple[float, int]], clips: int, end_s: float) -> list[list[float]]:
-    """The sampled (t, clips finished) curve, closed with its end point.
-
-    Samples are taken at most every 0.25 s, so the last clips of a run usually fall between samples;
-    without the end point the curve would stop short of the clip count.
-    """
-    out = [[float(t), int(n)] for t, n in samples]
-    if clips and (not out or out[-1][1] < clips):
-        out.append([max(float(end_s), out[-1][0] if out else 0.0), clips])
-    return out
-
-
 def _error_samples(
     output: str, manifest: dict[str, Any], storage_options: dict[str, Any] | None, per_reason: int = 3,
     max_files: int = 20,
@@ -257,7 +245,7 @@ def build_report(
         "throughput": {
             "clips_per_s_wall": _rate(clips_this_run, summary.wall_time_s),
             "clips_per_s_pipeline": _rate(clips_this_run, stats.pipeline_s),
-            "timeline": _timeline(stats.timeline, clips_this_run, stats.listing_s + stats.setup_s + stats.pipeline_s),
+            "timeline": [[float(t), int(n)] for t, n in stats.timeline],
         },
         "sizing": {
             "decode_s_per_clip": decode_mean,

@@ -109,8 +109,8 @@ class RunStats:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since start, clips finished) samples, at most one per 0.25 s."""
 
-    def record_clip(self, now_s: float, done: int) -> None:
-        if not self.timeline or now_s - self.timeline[-1][0] >= 0.25:
+    def record_clip(self, now_s: float, done: int, final: bool = False) -> None:
+        if final or not self.timeline or now_s - self.timeline[-1][0] >= 0.25:
             self.timeline.append((round(now_s, 3), done))
 
 
@@ -265,6 +265,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                 stats.shard_bytes.append(record.bytes)
                 written += 1
         assert not pending, f"shards {sorted(pending)} received only part of their clips"
+        stats.record_clip(time.perf_counter() - t0, len(rows), final=True)
         stats.pipeline_s = time.perf_counter() - pipeline_t0
 
     manifest = write_manifest(cfg.output, run, opts)

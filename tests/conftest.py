@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.ray_nodes import free_port
 
 # Before anything imports vtok or starts Ray: hermetic cache and quiet libraries for workers too.
 os.environ.setdefault("VTOK_CACHE", tempfile.mkdtemp(prefix="vtok-test-cache-"))
@@ -21,15 +22,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["VTOK_DECODE_FAULTS"] = "crash=__vtok_crash__,hang=__vtok_hang__"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # Every s3:// path in the tests goes to one moto server on loopback, found the standard AWS way
 # (AWS_ENDPOINT_URL + credentials in the environment), so Ray workers started later see it too.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 os.environ.update(
     AWS_ENDPOINT_URL=S3_ENDPOINT,

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +22,12 @@ import pytest
 
 from jobs.cli import main
 from jobs.submit import build_runtime_env, prepare_submission, project_dir
+from tests.ray_nodes import free_port, stop_process_tree
 
 NODE_SECRET = "node-secret-" + "b" * 24
 """The AWS secret in the cluster node's own environment."""
 LOCAL_SECRET = "local-secret-" + "a" * 24
 """The AWS secret of the machine that submits; must never be printed nor, by default, sent."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -50,46 +42,21 @@ class LocalHead:
     """The blocking `ray start` process; its session holds every process of the head."""
 
 
-def _stop(proc: subprocess.Popen[bytes], temp_dir: str) -> None:
-    import psutil
-
-    # `ray start --block` tears its own node down on SIGTERM; what outlives it (the dashboard's
-    # multiprocessing children, a slow raylet) is ours by process group or temp dir, and is killed.
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            mine = os.getpgid(p.pid) == proc.pid or temp_dir in " ".join(p.info["cmdline"] or [])
-        except (ProcessLookupError, psutil.Error):
-            continue
-        if mine and p.pid != os.getpid():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 def start_head(num_cpus: int = 2, env_extra: dict[str, str] | None = None) -> LocalHead:
     from ray.job_submission import JobSubmissionClient
 
     temp_dir = tempfile.mkdtemp(prefix="vtok-head-", dir="/tmp")
-    dashboard = _free_port()
+    dashboard = free_port()
     bin_dir = Path(sys.executable).parent
     # Jobs run `python`: the venv's bin first on PATH makes that this venv's python, with vtok installed.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0", **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        str(bin_dir / "ray"), "start", "--head", "--block", f"--port={_free_port()}",
+        str(bin_dir / "ray"), "start", "--head", "--block", f"--port={free_port()}",
         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
         f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
-        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
         "--disable-usage-stats",
     ]
     log = open(Path(temp_dir) / "ray-start.log", "wb")  # noqa: SIM115 - lives as long as the head
@@ -113,7 +80,7 @@ def start_head(num_cpus: int = 2, env_extra: dict[str, str] | None = None) -> Lo
             time.sleep(0.3)
         assert str(client.get_job_status(job)) == "SUCCEEDED", client.get_job_logs(job)
     except BaseException:
-        _stop(proc, temp_dir)
+        stop_process_tree(proc, temp_dir)
         raise
     return LocalHead(address=address, temp_dir=temp_dir, proc=proc)
 
@@ -122,7 +89,7 @@ def start_head(num_cpus: int = 2, env_extra: dict[str, str] | None = None) -> Lo
 def head() -> Iterator[LocalHead]:
     node = start_head(env_extra={"AWS_SECRET_ACCESS_KEY": NODE_SECRET})
     yield node
-    _stop(node.proc, node.temp_dir)
+    stop_process_tree(node.proc, node.temp_dir)
 
 
 @pytest.fixture

@@ -7,12 +7,7 @@ Without CUDA the encoder that asked for a GPU runs on CPU in bf16, as on a GPU-l
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,12 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs.submit import connect, prepare_submission, submit
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ray_nodes import free_port, start_ray_node, stop_process_tree
 
 
 @dataclass
@@ -38,42 +28,6 @@ class LocalCluster:
     """Job API / dashboard URL of the head."""
     nodes: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
     """(blocking `ray start` process, its temp dir) per node, head first."""
-
-
-def _start_node(args: list[str], temp_dir: str) -> subprocess.Popen[bytes]:
-    bin_dir = Path(sys.executable).parent
-    # Jobs run `python`: the venv's bin first on PATH makes that this venv's python, with vtok installed.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(bin_dir / "ray"), "start", "--block", f"--temp-dir={temp_dir}",
-           f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats", *args]
-    log = open(Path(temp_dir) / "ray-start.log", "wb")  # noqa: SIM115 - lives as long as the node
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], temp_dir: str) -> None:
-    import psutil
-
-    # SIGTERM lets `ray start --block` tear its node down; leftovers are ours by process group or temp dir.
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            mine = os.getpgid(p.pid) == proc.pid or temp_dir in " ".join(p.info["cmdline"] or [])
-        except (ProcessLookupError, psutil.Error):
-            continue
-        if mine and p.pid != os.getpid():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for(what: str, check, timeout_s: float, cluster: LocalCluster) -> None:
@@ -99,23 +53,23 @@ def cluster() -> Iterator[LocalCluster]:
     out = LocalCluster()
     try:
         head_dir = tempfile.mkdtemp(prefix="vtok-head-", dir="/tmp")
-        gcs_port, dashboard = _free_port(), _free_port()
-        out.nodes.append((_start_node(
+        gcs_port, dashboard = free_port(), free_port()
+        out.nodes.append((start_ray_node(
             ["--head", f"--port={gcs_port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-             "--include-dashboard=true", "--num-cpus=1", "--num-gpus=0", f"--ray-client-server-port={_free_port()}"],
+             "--include-dashboard=true", "--num-cpus=1", "--num-gpus=0", f"--ray-client-server-port={free_port()}"],
             head_dir), head_dir))
         out.address = f"http://127.0.0.1:{dashboard}"
         bootstrap = Path(head_dir) / "ray_current_cluster"
         _wait_for("the head", lambda: bootstrap.is_file() and bootstrap.read_text().strip(), 60, out)
         worker_dir = tempfile.mkdtemp(prefix="vtok-gpu-", dir="/tmp")
-        out.nodes.append((_start_node(
+        out.nodes.append((start_ray_node(
             [f"--address={bootstrap.read_text().strip()}", "--num-cpus=1", "--num-gpus=1"], worker_dir), worker_dir))
         _wait_for("two alive nodes", lambda: len(list_nodes(address=out.address, filters=[("state", "=", "ALIVE")]))
                   == 2, 90, out)
         yield out
     finally:
         for proc, temp_dir in reversed(out.nodes):
-            _stop(proc, temp_dir)
+            stop_process_tree(proc, temp_dir)
 
 
 def test_decode_runs_on_cpu_nodes_and_encoders_on_gpu_nodes(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +19,7 @@ from pipelines.sink import SinkConfig
 from pipelines.sources import SourceConfig
 from pipelines.stages.encode import EncodeConfig
 from pipelines.tokenize import DecodeStageConfig, TokenizeConfig, run_tokenize
+from tests.ray_nodes import stop_process_tree
 from vtok.dataset import read_manifest, validate_dataset
 from vtok.media import write_audio_only, write_mp4
 from vtok.shapes import ShapesConfig, generate, write_corpus
@@ -100,21 +100,6 @@ def _tokenize_cmd(corpus: Path, out: Path, temp_dir: Path) -> list[str]:
     ]
 
 
-def _kill_tree(proc: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGKILL the job's process group and any Ray process of its private temp dir."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if str(temp_dir) in " ".join(p.info["cmdline"] or []):
-                p.kill()
-        except psutil.Error:
-            continue
-
-
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(ray_local, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     write_corpus(str(corpus), 12, seed=3, cfg=ShapesConfig(width=64, height=64, num_frames=16, fps=8.0))
@@ -135,7 +120,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(ray_local, tmp_
         while time.monotonic() < deadline and not (commits.exists() and any(commits.iterdir())):
             time.sleep(0.05)
     finally:
-        _kill_tree(proc, ray_tmp)
+        stop_process_tree(proc, ray_tmp, signal.SIGKILL)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     killed_after = len(list(commits.iterdir())) if commits.exists() else 0
     assert 1 <= killed_after < 6, f"the kill came after {killed_after} of 6 shards"
