@@ -36,11 +36,12 @@ def write_mp4(
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuv420p"
+        # One encoder thread: threaded x264 (lookahead, frame threads) can vary its bytes run to run.
+        stream.codec_context.thread_count = 1
         options: dict[str, str] = {}
         if codec in ("libx264", "libx265"):
             options["crf"] = str(crf)
             options["preset"] = "veryfast"
-            # Deterministic output: x264's threaded lookahead makes bytes vary run to run.
             options["threads"] = "1"
         if gop is not None:
             stream.codec_context.gop_size = gop
@@ -48,7 +49,8 @@ def write_mp4(
                 options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
         stream.options = options
         for array in frames:
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            # Convert before the encoder sees it: PyAV's in-encoder conversion varied run to run under load.
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
