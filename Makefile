@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build on a CPU box.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test lint venv clean lock
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every other package to versions resolved together: without it pip's resolver
+# can spend many minutes backtracking between boto3, aiobotocore and s3fs.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 demo: venv
@@ -26,6 +28,11 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+lock: venv
+	( echo "# Versions make demo / make test install (resolved and tested together); regenerate with: make lock"; \
+	  echo "# torch is pinned in the Makefile (TORCH_VERSION) and installed first."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|vtok)==' ) > constraints.txt
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
