@@ -181,7 +181,19 @@ class VTokTokenizer:
             self.g_phi = GPhi.from_safetensors(_localize_file(cfg.g_phi, cfg.storage_options))
             self.g_phi = self.g_phi.eval().to(self.device, torch.float32)
             assert self.g_phi.fc1.in_features == self.hidden_size, "g_phi input must match the encoder width"
-        self.fingerprint = self._fingerprint()
+        self._fingerprint_hex: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the token-determining config and every weight; computed on first use.
+
+        Encoder actors never read it, and hashing costs them start-up time: 0.8 s for CLIP-L/336's
+        1.2 GB of fp32 weights on CPU (measured), plus the copy back from the GPU there. The weights
+        are frozen after __init__, so hashing later gives the same digest.
+        """
+        if self._fingerprint_hex is None:
+            self._fingerprint_hex = self._fingerprint()
+        return self._fingerprint_hex
 
     @property
     def num_key_tokens(self) -> int:

@@ -1,0 +1,1 @@
+"""vtok benchmarks: each module runs with `python -m bench.<name> [--quick]` (see BENCHMARKS.md)."""
