@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtok.media import write_mp4
+from vtok.media import write_audio_only, write_mp4
 from vtok.video import (
     REASONS,
     DecodeConfig,
@@ -328,22 +328,6 @@ def decode_error(uri: str | Path, cfg: DecodeConfig | None = None) -> DecodeErro
     assert str(uri) in str(e.value)
     assert e.value.uri == str(uri) and e.value.reason in REASONS
     return e.value
-
-
-def write_audio_only(path: Path) -> Path:
-    import av
-
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=16000)
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            frame.pts = k * 1024
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
