@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,8 @@ def video_module_at(rev: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"vtok_video_at_{rev.replace('~', '_')}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up in sys.modules while the class is made.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

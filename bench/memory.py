@@ -10,8 +10,9 @@ shared pages such as the libraries every Ray worker maps are split between the p
 them, so PSS adds up to real memory while summed RSS over-counts them).
 
   - pipeline: run_tokenize (tuned settings, as in bench.pipeline) on 100 and on 1,000 default
-    shapes-world videos (128x128, 32 frames), alternating, each in a fresh Ray. Target: the 1,000-video
-    peak within 10% of the 100-video peak.
+    shapes-world videos (128x128, 32 frames), alternating, each in a fresh Ray, then one run on 3,000
+    (does the peak level off?). Target: the 1,000-video peak within 10% of the 100-video peak. The
+    JSON also keeps each process's own peak summed by kind (driver, decode workers, encoder actor, ...).
   - long video: one 10-minute 1080p H.264 video (30 fps, keyframe every 2 s; made once and cached):
     decode_clip with fps sampling spread over the whole video (decode.fps=0.1, max_frames=60) with
     PyAV and with decord, vs the naive way, every frame decoded into a list of RGB arrays, stopped once
@@ -81,6 +82,7 @@ class TreeSampler:
         self.peak_processes = 0
         self.samples = 0
         self.stopped_early = False
+        self.peak_by_pid: dict[int, tuple[str, int]] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -91,6 +93,14 @@ class TreeSampler:
             if not procs:
                 break
             mems = [_mem(p, self.pss) for p in procs]
+            for p, (rss, _) in zip(procs, mems):
+                name, peak = self.peak_by_pid.get(p.pid) or ("other ray", 0)
+                # A Ray worker's title changes (a fresh worker, then IDLE, then its task): keep the most
+                # telling kind seen.
+                new = _label(p)
+                if _KIND_RANK.get(new, 99) < _KIND_RANK.get(name, 99):
+                    name = new
+                self.peak_by_pid[p.pid] = (name, max(peak, rss))
             rss = sum(m[0] for m in mems)
             self.peak_tree_rss = max(self.peak_tree_rss, rss)
             self.peak_tree_pss = max(self.peak_tree_pss, sum(m[1] for m in mems))
@@ -117,7 +127,41 @@ class TreeSampler:
             "peak_processes": self.peak_processes,
             "samples": self.samples,
             "stopped_early": self.stopped_early,
+            "peak_rss_by_kind": _by_kind(self.peak_by_pid),
         }
+
+
+# Process kinds in a local Ray run, by a marker in the process title / command line, in order of rank.
+_KINDS = (
+    ("bench.memory", "driver"),
+    ("EncodeStage", "encoder actor"),
+    ("decode_batch", "decode worker"),
+    ("spawn_main", "isolated decoder"),
+    ("ray::IDLE", "idle worker"),
+)
+_KIND_RANK = {kind: rank for rank, (_, kind) in enumerate(_KINDS)} | {"raylet": 10, "gcs": 11}
+
+
+def _label(proc: Any) -> str:
+    try:
+        # Ray's own daemons by executable name: a worker's command line also mentions "--raylet-name".
+        name = proc.name()
+        if name in ("raylet", "gcs_server"):
+            return "raylet" if name == "raylet" else "gcs"
+        cmd = " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - gone or not readable
+        return "other ray"
+    return next((kind for marker, kind in _KINDS if marker in cmd), "other ray")
+
+
+def _by_kind(peaks: dict[int, tuple[str, int]]) -> dict[str, dict[str, int]]:
+    """Sum of each process's own peak RSS, and the process count, by kind (peaks need not coincide)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, peak in peaks.values():
+        entry = out.setdefault(name, {"processes": 0, "sum_of_peak_rss": 0})
+        entry["processes"] += 1
+        entry["sum_of_peak_rss"] += peak
+    return out
 
 
 def run_child(
@@ -238,7 +282,7 @@ def bench_pipeline(
         out[str(n)] = {
             key: summary([float(r[key]) for r in runs[n]])
             for key in ("peak_tree_rss", "peak_tree_pss", "peak_driver_rss", "peak_processes", "wall_s")
-        }
+        } | {"peak_rss_by_kind_runs": [r["peak_rss_by_kind"] for r in runs[n]]}
     return out
 
 
@@ -300,14 +344,19 @@ def main() -> None:
         return
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--naive-limit-gib", type=float, default=4.0, help="stop the naive decode above this")
+    p.add_argument("--no-plateau", action="store_true", help="skip the single 3,000-video run")
     args = p.parse_args()
     if args.quick:
-        sizes, repeats, minutes, (width, height), limit = [20, 100], args.repeats or 1, 1.0, (1920, 1080), 1.0
+        sizes, plateau, repeats, minutes, limit = [20, 100], None, args.repeats or 1, 1.0, 1.0
     else:
-        sizes, repeats, minutes, (width, height), limit = [100, 1000], args.repeats or 3, 10.0, (1920, 1080), 4.0
+        sizes, plateau, repeats, minutes, limit = [100, 1000], 3000, args.repeats or 3, 10.0, 4.0
+    width, height = 1920, 1080
     limit = args.naive_limit_gib if args.naive_limit_gib != 4.0 else limit
 
-    pipeline = bench_pipeline(sizes, repeats)
+    pipeline = bench_pipeline(sizes, repeats, [], None)
+    if plateau is not None and not args.no_plateau:
+        # One longer run: does the peak keep rising past 1,000 videos, or has it levelled off?
+        pipeline |= bench_pipeline([plateau], 1, [], None)
     long = bench_long_video(minutes, width, height, repeats, limit)
 
     small, large = (pipeline[str(n)] for n in sizes)
@@ -318,6 +367,16 @@ def main() -> None:
              pipeline[str(n)]["peak_processes"]["median"], pipeline[str(n)]["wall_s"]["median"]] for n in sizes]
     rows.append([f"growth {sizes[0]} -> {sizes[1]} videos", f"{growth['peak_tree_rss']:+.1%}",
                  f"{growth['peak_tree_pss']:+.1%}", f"{growth['peak_driver_rss']:+.1%}", "", ""])
+    if plateau is not None and str(plateau) in pipeline:
+        big = pipeline[str(plateau)]
+        rows.append([f"pipeline, {plateau} videos (1 run)", _mib(big["peak_tree_rss"]["median"]),
+                     _mib(big["peak_tree_pss"]["median"]), _mib(big["peak_driver_rss"]["median"]),
+                     big["peak_processes"]["median"], big["wall_s"]["median"]])
+        for key in ("peak_tree_rss", "peak_tree_pss", "peak_driver_rss"):
+            growth[f"{key}_{sizes[1]}_to_{plateau}"] = big[key]["median"] / large[key]["median"] - 1
+        rows.append([f"growth {sizes[1]} -> {plateau} videos", f"{growth[f'peak_tree_rss_{sizes[1]}_to_{plateau}']:+.1%}",
+                     f"{growth[f'peak_tree_pss_{sizes[1]}_to_{plateau}']:+.1%}",
+                     f"{growth[f'peak_driver_rss_{sizes[1]}_to_{plateau}']:+.1%}", "", ""])
     print(table(["run", "peak tree RSS MiB", "peak tree PSS MiB", "peak driver RSS MiB", "processes", "wall s"],
                 rows))
     video = long["video"]

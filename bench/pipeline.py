@@ -51,16 +51,10 @@ TUNED: list[str] = ["decode.threads=1", "decode_stage.num_cpus=0.5", "decode_sta
 
 # The pipeline configurations compared by --sweep: (name, overrides), on top of the shipped defaults.
 SWEEP: list[tuple[str, list[str]]] = [
-    ("decode 1 thread", ["decode.threads=1"]),
-    ("decode 0.5 cpu", ["decode_stage.num_cpus=0.5"]),
-    ("decode 1 thread, 0.5 cpu", ["decode.threads=1", "decode_stage.num_cpus=0.5"]),
-    ("decode 1 thread, 0.5 cpu, batch 8", ["decode.threads=1", "decode_stage.num_cpus=0.5",
-                                          "decode_stage.batch_size=8"]),
-    ("decode 1 thread, 0.5 cpu, encode batch 32", ["decode.threads=1", "decode_stage.num_cpus=0.5",
-                                                  "encode.batch_size=32"]),
-    ("decode 1 thread, encode 0 cpu", ["decode.threads=1", "encode.num_cpus=0"]),
-    ("decode 1 thread, not isolated", ["decode.threads=1", "decode_stage.num_cpus=0.5",
-                                       "decode_stage.isolate=False"]),
+    ("decode 1 thread only", ["decode.threads=1"]),
+    ("decode 0.5 CPU only", ["decode_stage.num_cpus=0.5"]),
+    ("tuned, decode batch 4", ["decode.threads=1", "decode_stage.num_cpus=0.5"]),
+    ("tuned, not isolated", [*TUNED, "decode_stage.isolate=False"]),
 ]
 
 
