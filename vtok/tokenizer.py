@@ -12,9 +12,8 @@ Nothing here knows about Ray: the pipeline's encode stage wraps `VTokTokenizer`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,50 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtok.storage import cache_root, localize_dir
+from vtok.tokenizer_spec import (
+    CLIP_MEAN,
+    CLIP_STD,
+    TokenizerConfig,
+    TokenizerSpec,
+    ensure_tiny_clip,
+    residual_positions,
+)
 
-# CLIP's normalisation, used when a model directory has no preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-TINY_CLIP_NAME = "tiny-clip-v1"
-
-
-@dataclass
-class TokenizerConfig:
-    """How clips become VTok tokens."""
-
-    encoder: str | None = None
-    """HF vision model directory (local or s3://); None uses the built-in tiny CLIP."""
-    grid: int = 4
-    """Side g of the pooled key-frame grid: S = g * g key tokens."""
-    residual_stride: int = 1
-    """One residual token per this many sampled frames after the key frame."""
-    feature_layer: int = -1
-    """Hidden layer whose patch tokens are used (-1 = last; CLIP MLLMs often use -2)."""
-    g_phi: str | None = None
-    """safetensors file of a trained g_phi (fc1/fc2); when given, residual_tokens are emitted."""
-    frame_tokens: bool = True
-    """Also emit the frame-sampling baseline tokens [T, S, D]."""
-    device: str = "auto"
-    """"auto" (cuda when present), "cpu" or "cuda[:N]"."""
-    dtype: str = "auto"
-    """"auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16"."""
-    micro_batch: int = 32
-    """Frames per forward pass; every pass is padded to this size so tokens never depend on batching."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """fsspec options for remote encoder / g_phi URIs."""
-
-    def __post_init__(self) -> None:
-        if self.grid < 1:
-            raise ValueError(f"tokenizer.grid must be >= 1, got {self.grid}")
-        if self.residual_stride < 1:
-            raise ValueError(f"tokenizer.residual_stride must be >= 1, got {self.residual_stride}")
-        if self.micro_batch < 1:
-            raise ValueError(f"tokenizer.micro_batch must be >= 1, got {self.micro_batch}")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"tokenizer.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ValueError(f"tokenizer.device must be auto, cpu or cuda[:N], got {self.device!r}")
+__all__ = ["ClipTokens", "GPhi", "TokenizerConfig", "TokenizerSpec", "VTokTokenizer", "ensure_tiny_clip", "pool_grid",
+           "residual_positions", "save_tiny_vision_model"]
 
 
 @dataclass
@@ -105,11 +71,6 @@ class GPhi(nn.Module):
         return module
 
 
-def residual_positions(num_frames: int, stride: int) -> list[int]:
-    """Positions (within the sampled frames) that get a residual token: stride, 2*stride, ... < T."""
-    return list(range(stride, num_frames, stride))
-
-
 def pool_grid(patches: torch.Tensor, grid: int) -> torch.Tensor:
     """[N, P, D] square patch grid -> [N, g*g, D] by adaptive average pooling."""
     n, p, d = patches.shape
@@ -133,17 +94,6 @@ def _load_vision_tower(path: Path) -> nn.Module:
     return getattr(model, "vision_model", model)
 
 
-def _normalisation(path: Path, model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        cfg = json.loads(pre.read_text())
-        if "image_mean" in cfg and "image_std" in cfg:
-            return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
-    if model_type.startswith("siglip"):
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return CLIP_MEAN, CLIP_STD
-
-
 def _resolve_device_dtype(cfg: TokenizerConfig) -> tuple[torch.device, torch.dtype]:
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,38 +111,36 @@ class VTokTokenizer:
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         self.cfg = cfg
-        encoder_uri = cfg.encoder or str(ensure_tiny_clip())
-        self.encoder_path = localize_dir(encoder_uri, cfg.storage_options)
         self.device, self.dtype = _resolve_device_dtype(cfg)
+        self.spec = TokenizerSpec.load(cfg, str(self.dtype).removeprefix("torch."))
+        self.encoder_path = self.spec.encoder.path
         self.model = _load_vision_tower(self.encoder_path).eval().to(self.device, self.dtype)
         self.model.requires_grad_(False)
-        model_cfg = self.model.config
-        self.model_type: str = model_cfg.model_type
-        self.image_size: int = int(model_cfg.image_size)
-        self.patch_size: int = int(model_cfg.patch_size)
-        self.hidden_size: int = int(model_cfg.hidden_size)
+        self.model_type = self.spec.encoder.model_type
+        self.image_size = self.spec.encoder.image_size
+        self.patch_size = self.spec.encoder.patch_size
+        self.hidden_size = self.spec.encoder.hidden_size
+        loaded = self.model.config
+        assert (loaded.image_size, loaded.patch_size, loaded.hidden_size) == (
+            self.image_size, self.patch_size, self.hidden_size
+        ), f"{self.encoder_path}: the loaded model's sizes differ from its config.json"
         self.grid_side = self.image_size // self.patch_size
-        assert cfg.grid <= self.grid_side, f"grid {cfg.grid} exceeds the {self.grid_side}x{self.grid_side} patches"
-        mean, std = _normalisation(self.encoder_path, self.model_type)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(self.spec.encoder.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.spec.encoder.std, device=self.device).view(1, 3, 1, 1)
         self.g_phi: GPhi | None = None
-        if cfg.g_phi:
-            self.g_phi = GPhi.from_safetensors(_localize_file(cfg.g_phi, cfg.storage_options))
-            self.g_phi = self.g_phi.eval().to(self.device, torch.float32)
+        if self.spec.g_phi_file is not None:
+            self.g_phi = GPhi.from_safetensors(self.spec.g_phi_file).eval().to(self.device, torch.float32)
             assert self.g_phi.fc1.in_features == self.hidden_size, "g_phi input must match the encoder width"
         self._fingerprint_hex: str | None = None
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the token-determining config and every weight; computed on first use.
+        """TokenizerSpec.fingerprint (hashes the weight files): computed on first use.
 
-        Encoder actors never read it, and hashing costs them start-up time: 0.8 s for CLIP-L/336's
-        1.2 GB of fp32 weights on CPU (measured), plus the copy back from the GPU there. The weights
-        are frozen after __init__, so hashing later gives the same digest.
+        Encoder actors never read it, and hashing costs them start-up time (CLIP-L/336: 1.2 GB).
         """
         if self._fingerprint_hex is None:
-            self._fingerprint_hex = self._fingerprint()
+            self._fingerprint_hex = self.spec.fingerprint()
         return self._fingerprint_hex
 
     @property
@@ -201,35 +149,7 @@ class VTokTokenizer:
 
     def describe(self) -> dict[str, Any]:
         """The config that determines the tokens, as stored in every shard's metadata."""
-        return {
-            "model_type": self.model_type,
-            "model_config": self.model.config.to_dict(),
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "hidden_size": self.hidden_size,
-            "grid": self.cfg.grid,
-            "residual_stride": self.cfg.residual_stride,
-            "feature_layer": self.cfg.feature_layer,
-            "frame_tokens": self.cfg.frame_tokens,
-            "compute_dtype": str(self.dtype).removeprefix("torch."),
-            "mean": self.mean.flatten().tolist(),
-            "std": self.std.flatten().tolist(),
-            "g_phi": None if self.g_phi is None else list(self.g_phi.fc2.weight.shape),
-        }
-
-    def _fingerprint(self) -> str:
-        """sha256 of the token-determining config and every weight, in name order."""
-        h = hashlib.sha256()
-        desc = self.describe()
-        desc["model_config"] = {k: v for k, v in desc["model_config"].items() if k not in _VOLATILE_CONFIG_KEYS}
-        h.update(json.dumps(desc, sort_keys=True, default=str).encode())
-        modules = [("encoder", self.model)] + ([("g_phi", self.g_phi)] if self.g_phi is not None else [])
-        for prefix, module in modules:
-            for name, tensor in sorted(module.state_dict().items()):
-                t = tensor.detach().to("cpu").contiguous()
-                h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        return self.spec.describe()
 
     @torch.inference_mode()
     def _features(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,18 +217,6 @@ class VTokTokenizer:
         return out
 
 
-# Keys of a saved config that record how it was saved, not what it computes.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"}
-
-
-def _localize_file(uri: str, storage_options: dict[str, Any]) -> Path:
-    from vtok.storage import is_local, strip_file_scheme
-
-    if is_local(uri):
-        return Path(strip_file_scheme(uri))
-    return localize_dir(uri.rsplit("/", 1)[0], storage_options) / uri.rsplit("/", 1)[1]
-
-
 def save_tiny_vision_model(path: Path, kind: str = "clip", seed: int = 0, image_size: int = 64) -> Path:
     """Build a tiny CLIP or SigLIP vision tower with seeded weights and save it the HF way."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
@@ -329,21 +237,3 @@ def save_tiny_vision_model(path: Path, kind: str = "clip", seed: int = 0, image_
         json.dumps({"image_mean": list(mean), "image_std": list(std), "size": image_size}, indent=2)
     )
     return path
-
-
-def ensure_tiny_clip() -> Path:
-    """The default encoder: a tiny seeded CLIP saved once into the cache and loaded from there."""
-    import shutil
-    import tempfile
-
-    target = cache_root() / "models" / TINY_CLIP_NAME
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    save_tiny_vision_model(staging, "clip", seed=0)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a concurrent process saved it first
-    return target

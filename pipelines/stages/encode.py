@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from schemas.npy import from_npy, to_npy
-from vtok.tokenizer import TokenizerConfig, VTokTokenizer
+from vtok.tokenizer_spec import TokenizerConfig
 
 TOKEN_COLUMNS = ("key_tokens", "residual_features", "residual_tokens", "frame_tokens")
 
@@ -41,6 +41,8 @@ class EncodeStage:
 
     def __init__(self, tokenizer_cfg: TokenizerConfig, num_threads: int = 1) -> None:
         import torch
+
+        from vtok.tokenizer import VTokTokenizer  # torch and transformers load in the actor, not the driver
 
         torch.set_num_threads(max(1, num_threads))
         self.tokenizer = VTokTokenizer(tokenizer_cfg)
