@@ -130,7 +130,11 @@ class IsolatedDecoder:
             frames = from_npy(self._conn.recv_bytes())
             indices = from_npy(self._conn.recv_bytes())
         except (EOFError, ConnectionResetError, BrokenPipeError) as err:
-            code = self._process.exitcode if self._process is not None else None
+            code = None
+            if self._process is not None:
+                # The pipe breaks a moment before the dying child is reaped: exitcode would still be None.
+                self._process.join(timeout=5)
+                code = self._process.exitcode
             self._kill()
             raise DecodeError(uri, "decoder_crash", f"the decoder process died (exit code {code})") from err
         info = VideoInfo(**header["info"])
