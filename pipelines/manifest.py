@@ -68,6 +68,36 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | 
     fs.pipe_file(path, data)
 
 
+def spool_file(uri: str) -> str:
+    """A fresh local temporary path to write `uri`'s bytes into before publish_file moves them there.
+
+    For a local output it sits in the target's folder (so publishing is a rename on one filesystem);
+    for an object store, in the local temp folder.
+    """
+    folder = None
+    if is_local(uri):
+        folder = os.path.dirname(strip_file_scheme(uri)) or "."
+        os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(fd)
+    return tmp
+
+
+def publish_file(tmp: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move a finished spool file to `uri` so that readers never see it half written (see write_bytes_atomic)."""
+    try:
+        if is_local(uri):
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, strip_file_scheme(uri))
+            return
+        fs, path = get_fs(uri, storage_options)
+        fs.put_file(tmp, path)  # one PUT or a multipart upload: visible only once complete
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any | None:
     fs, path = get_fs(uri, storage_options)
     if not fs.exists(path):

@@ -2,8 +2,9 @@
 
 Inputs are sorted by sample key and cut into fixed shards on the driver, so shard contents depend
 only on the input listing, never on worker count or timing. Ray Data streams the clips in order
-(preserve_order) and the driver commits each shard as soon as its last clip arrives: memory stays
-bounded by one shard plus the blocks in flight, and a rerun skips shards already committed.
+(preserve_order); the driver streams each shard's rows into its file in row groups and commits the shard
+as soon as its last clip arrives: the driver holds one row group (sink.row_group_bytes) plus the blocks
+in flight, whatever the shard size, and a rerun skips shards already committed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.manifest import bind_run, committed, delete_dataset, write_manifest
-from pipelines.sink import FORMATS, SinkConfig, inputs_digest, write_shard
+from pipelines.sink import FORMATS, ShardWriter, SinkConfig, inputs_digest
 from pipelines.sources import ClipItem, SourceConfig, list_clips, split_into_clips
 from pipelines.stages.decode import decode_batch
 from pipelines.stages.encode import EncodeConfig, EncodeStage
@@ -32,9 +33,9 @@ from vtok.video import DecodeConfig, DecodeError, probe
 class DecodeStageConfig:
     """Resources of the decode tasks."""
 
-    num_cpus: float = 1.0
-    """CPUs per decode task."""
-    batch_size: int = 4
+    num_cpus: float = 0.5
+    """CPUs per decode task (0.5: two per core, so one decodes while the other reads or waits on the IPC)."""
+    batch_size: int = 8
     """Clips per decode task."""
     memory_mb: int = 512
     """Memory reserved per decode task; also keeps Ray from fusing decode into the encoder actors."""
@@ -245,26 +246,35 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
             compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
             batch_format="numpy",
         )
-        pending: dict[int, list[dict[str, Any]]] = {}
+        writers: dict[int, ShardWriter] = {}
+        write_time: dict[int, float] = {}
         pipeline_t0 = time.perf_counter()
-        for done_clips, row in enumerate(ds.iter_rows(), start=1):
-            shard = int(row["shard"])
-            pending.setdefault(shard, []).append(row)
-            stats.decode_s.append(float(row["decode_s"]))
-            stats.encode_s.append(float(row["encode_s"]))
-            if not row["error_reason"]:
-                stats.frames_per_clip.append(len(from_npy(row["frame_indices"])))
-            stats.record_clip(time.perf_counter() - t0, done_clips)
-            if len(pending[shard]) == len(shards[shard]):
+        try:
+            for done_clips, row in enumerate(ds.iter_rows(), start=1):
+                shard = int(row["shard"])
+                if shard not in writers:
+                    writers[shard] = ShardWriter(
+                        cfg.output, shard, [i.sample_key for i in shards[shard]], metadata, cfg.sink, opts,
+                        cfg.format, attributes=any(i.attributes for i in shards[shard]),
+                    )
+                stats.decode_s.append(float(row["decode_s"]))
+                stats.encode_s.append(float(row["encode_s"]))
+                if not row["error_reason"]:
+                    stats.frames_per_clip.append(len(from_npy(row["frame_indices"])))
+                stats.record_clip(time.perf_counter() - t0, done_clips)
                 write_t0 = time.perf_counter()
-                record = write_shard(
-                    cfg.output, shard, pending.pop(shard), [i.sample_key for i in shards[shard]], metadata,
-                    cfg.sink, opts, cfg.format,
-                )
-                stats.write_s.append(time.perf_counter() - write_t0)
-                stats.shard_bytes.append(record.bytes)
-                written += 1
-        assert not pending, f"shards {sorted(pending)} received only part of their clips"
+                writers[shard].add(row)
+                if writers[shard].complete:
+                    record = writers.pop(shard).commit()
+                    stats.shard_bytes.append(record.bytes)
+                    stats.write_s.append(write_time.pop(shard, 0.0) + time.perf_counter() - write_t0)
+                    written += 1
+                else:
+                    write_time[shard] = write_time.get(shard, 0.0) + time.perf_counter() - write_t0
+        finally:
+            for writer in writers.values():
+                writer.abort()
+        assert not writers, f"shards {sorted(writers)} received only part of their clips"
         stats.record_clip(time.perf_counter() - t0, len(rows), final=True)
         stats.pipeline_s = time.perf_counter() - pipeline_t0
 

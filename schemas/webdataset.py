@@ -12,7 +12,6 @@ exact. Members are written in sorted order with zeroed owner and mtime: same tok
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -44,20 +43,15 @@ def sample_members(sample: dict[str, Any]) -> list[tuple[str, bytes]]:
     return members
 
 
-def write_tar(samples: list[dict[str, Any]]) -> bytes:
-    """A deterministic tar of samples in sample-key order."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in sorted(samples, key=lambda s: s["sample_key"]):
-            for name, data in sample_members(sample):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def tar_member_info(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header with zeroed owner, mode 644 and mtime 0: same tokens, same tar bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 def iter_tar(fileobj: IO[bytes]) -> Iterator[dict[str, Any]]:
