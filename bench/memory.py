@@ -9,7 +9,7 @@ RSS of the tree, the peak RSS of the driver alone, and the peak summed PSS (prop
 shared pages such as the libraries every Ray worker maps are split between the processes that share
 them, so PSS adds up to real memory while summed RSS over-counts them).
 
-  - pipeline: run_tokenize (tuned settings, as in bench.pipeline) on 100 and on 1,000 default
+  - pipeline: run_tokenize (jobs/configs/tokenize.yaml's shipped defaults) on 100 and on 1,000 default
     shapes-world videos (128x128, 32 frames), alternating, each in a fresh Ray, then one run on 3,000
     (does the peak level off?). Target: the 1,000-video peak within 10% of the 100-video peak. The
     JSON also keeps each process's own peak summed by kind (driver, decode workers, encoder actor, ...).
@@ -187,12 +187,12 @@ def run_child(
 
 
 def child_pipeline(manifest: str, extra: list[str], store_limit_mb: float | None) -> dict[str, Any]:
-    """run_tokenize with TUNED + `extra` overrides; optionally a cap on Ray Data's object store use."""
+    """run_tokenize with the shipped defaults + `extra` overrides; optionally a cap on Ray Data's object store use."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from bench.pipeline import TUNED, apply_overrides
-    from pipelines.tokenize import TokenizeConfig, run_tokenize
+    from jobs.tokenize import load_tokenize_config
+    from pipelines.tokenize import run_tokenize
 
     temp = tempfile.mkdtemp(prefix="vtok-bench-ray-", dir="/tmp")
     out = tempfile.mkdtemp(prefix="vtok-bench-memory-", dir="/tmp")
@@ -204,7 +204,7 @@ def child_pipeline(manifest: str, extra: list[str], store_limit_mb: float | None
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=int(store_limit_mb * 2**20)
         )
-    cfg = apply_overrides(TokenizeConfig(input=manifest, output=out), TUNED + extra)
+    cfg = load_tokenize_config([f"input={manifest}", f"output={out}", *extra])
     summary_ = run_tokenize(cfg, progress=False)
     ray.shutdown()
     import shutil

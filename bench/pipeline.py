@@ -1,20 +1,21 @@
 """The tokenize pipeline (run_tokenize on a local Ray) vs a plain loop and vs a first Ray Data version.
 
-    .venv/bin/python -m bench.pipeline [--quick] [--corpus textured|shapes] [--videos N]
-                                       [--only shipped,tuned,loop,loop1,read_videos] [--set key=value] [--sweep]
+    .venv/bin/python -m bench.pipeline [--quick] [--corpus textured|shapes] [--videos N] [--baseline-rev REV]
+                                       [--only pipeline,before,loop,loop1,read_videos] [--set key=value] [--sweep]
 
-Corpora: "textured" (default: 128 clips of 4 s, 640x360, 24 fps, moving texture at ~3 Mbit/s, keyframe
+Corpora: "textured" (default: 512 clips of 4 s, 640x360, 24 fps, moving texture at ~3 Mbit/s, keyframe
 every 2 s: decode costs what real footage costs) or "shapes" (384 shapes-world videos, 640x360, 64
 frames: flat colours decode ~10x cheaper, so per-clip overheads dominate). All contenders use the tiny
 default encoder and decode.fps=4 / max_frames=16 (16 frames per clip):
-  - shipped:  pipeline, shipped defaults: pipelines.tokenize.run_tokenize with jobs/configs/tokenize.yaml's
-              values on `ray.init(num_cpus=2)`, writing shards, quarantine and manifest;
-  - tuned:    pipeline, tuned: the same with TUNED (below) plus any --set overrides;
+  - pipeline: pipelines.tokenize.run_tokenize with jobs/configs/tokenize.yaml's values (as `vtok tokenize`
+              runs) plus any --set overrides, on `ray.init(num_cpus=2)`, writing shards, quarantine and manifest;
+  - before:   with --baseline-rev REV: the same job with the code and shipped defaults of git revision REV
+              (checked out into a worktree; its own bench child runs there), for the before/after;
   - loop:     plain loop, default threads: one process, library defaults: list the clips, decode_clip +
               VTokTokenizer.encode one video at a time, write the same schema-v1 Parquet table with
               pyarrow (no Ray, no isolation); the loop the target is set against;
   - loop1:    plain loop, 1 thread: the same loop with one decoder thread and one torch thread, the thread
-              settings of the tuned pipeline's workers (a stronger baseline: what threads alone buy);
+              settings of the pipeline's workers (a stronger baseline: what threads alone buy);
   - read_videos: what a Ray user writes first: ray.data.read_videos(paths, fps=4, resize=...) (one row per
               frame, decord decoding every frame), map_batches on an encoder actor computing each frame's
               pooled grid and mean, groupby(path).map_groups assembling each video's key tokens, residual
@@ -45,16 +46,13 @@ import numpy as np
 
 from bench.common import TreeCpu, cache_dir, interleaved, log, median, parser, summary, table, write_results
 
-# Pipeline settings found by --sweep on the 2-core machine (see BENCHMARKS.md), timed next to the shipped
-# defaults in every run so the before/after is measured side by side.
-TUNED: list[str] = ["decode.threads=1", "decode_stage.num_cpus=0.5", "decode_stage.batch_size=8"]
-
-# The pipeline configurations compared by --sweep: (name, overrides), on top of the shipped defaults.
+# --sweep: the shipped defaults with one setting at a time put back to its value before issue 6
+# (decode.threads 0, decode_stage.num_cpus 1, decode_stage.batch_size 4), or isolation off: each one's share.
 SWEEP: list[tuple[str, list[str]]] = [
-    ("decode 1 thread only", ["decode.threads=1"]),
-    ("decode 0.5 CPU only", ["decode_stage.num_cpus=0.5"]),
-    ("tuned, decode batch 4", ["decode.threads=1", "decode_stage.num_cpus=0.5"]),
-    ("tuned, not isolated", [*TUNED, "decode_stage.isolate=False"]),
+    ("FFmpeg's decoder threads", ["decode.threads=0"]),
+    ("1 CPU per decode task", ["decode_stage.num_cpus=1"]),
+    ("4 clips per decode task", ["decode_stage.batch_size=4"]),
+    ("decode not isolated", ["decode_stage.isolate=false"]),
 ]
 
 
@@ -115,7 +113,7 @@ def plain_loop(cfg: Any, out: Path) -> int:
     """Decode and encode one clip at a time in this process; write the shard table with pyarrow."""
     import pyarrow.parquet as pq
 
-    from pipelines.sink import build_token_table
+    from pipelines.sink import build_token_table, tensor_encodings
     from pipelines.sources import list_clips
     from pipelines.tokenize import resolve_tokenizer_config
     from schemas.token_shard import shard_metadata
@@ -152,7 +150,8 @@ def plain_loop(cfg: Any, out: Path) -> int:
     rows = cfg.sink.rows_per_shard
     for shard, start in enumerate(range(0, len(records), rows)):
         table_ = build_token_table(records[start : start + rows], metadata)
-        pq.write_table(table_, out / f"part-{shard:05d}.parquet", compression=cfg.sink.compression)
+        pq.write_table(table_, out / f"part-{shard:05d}.parquet", compression=cfg.sink.compression,
+                       **tensor_encodings(table_.schema))
     return len(records)
 
 
@@ -298,15 +297,15 @@ def _steady_rate(summary: Any) -> tuple[float | None, float | None]:
 CORPORA: dict[str, dict[str, Any]] = {
     # Real-footage-like decode cost: 4 s clips of moving texture at ~3 Mbit/s, keyframe every 2 s; 24 fps,
     # so decode.fps=4 samples every 6th frame and read_videos(fps=4) picks the very same frames.
-    "textured": {"videos": 128, "width": 640, "height": 360, "seconds": 4.0, "fps": 24, "gop_s": 2.0},
+    "textured": {"videos": 512, "width": 640, "height": 360, "seconds": 4.0, "fps": 24, "gop_s": 2.0},
     # The shapes world: flat colours that compress ~50x smaller than footage, so decode is cheap and
     # per-clip overheads dominate.
     "shapes": {"videos": 384, "width": 640, "height": 360, "frames": 64, "fps": 16.0},
 }
 # Contenders by short name (for --only) and the name they are reported under.
 CONTENDERS: dict[str, str] = {
-    "shipped": "pipeline, shipped defaults",
-    "tuned": "pipeline, tuned",
+    "pipeline": "pipeline",
+    "before": "pipeline, before",
     "loop": "plain loop, default threads",
     "loop1": "plain loop, 1 thread",
     "read_videos": "read_videos",
@@ -354,7 +353,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         report["ray_init_s"] = 0.0
         if spec.get("torch_threads"):
             torch.set_num_threads(spec["torch_threads"])
-    cfg = apply_overrides(TokenizeConfig(input=spec["manifest"], output=spec["out"]), spec["overrides"])
+    if kind == "pipeline":
+        from jobs.tokenize import load_tokenize_config
+
+        cfg = load_tokenize_config([f"input={spec['manifest']}", f"output={spec['out']}", *spec["overrides"]])
+    else:
+        cfg = apply_overrides(TokenizeConfig(input=spec["manifest"], output=spec["out"]), spec["overrides"])
     t2 = time.perf_counter()
     if kind == "pipeline":
         summary_ = vtok_pipeline(cfg, Path(spec["out"]))
@@ -370,12 +374,25 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def run_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `spec` in a fresh `python -m bench.pipeline --child` process; add its tree's CPU seconds."""
+def checkout(rev: str) -> Path:
+    """A detached git worktree of `rev` (made once, under /tmp), for the 'before' contender."""
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], check=True, capture_output=True, text=True).stdout.strip()
+    tree = Path(tempfile.gettempdir()) / f"vtok-bench-rev-{sha}"
+    if not tree.is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], check=True, capture_output=True)
+    return tree
+
+
+def run_job(spec: dict[str, Any], tree: Path | None = None) -> dict[str, Any]:
+    """Run `spec` in a fresh `python -m bench.pipeline --child` process; add its tree's CPU seconds.
+
+    With `tree` (another checkout), the child and the Ray workers it starts import that tree's code.
+    """
     cmd = [sys.executable, "-m", "bench.pipeline", "--child", json.dumps(spec)]
+    env = os.environ | ({"PYTHONPATH": str(tree)} if tree is not None else {})
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tree, env=env)
     cpu = TreeCpu(proc.pid)
     out, err = proc.communicate()
     wall = time.perf_counter() - started
@@ -395,14 +412,16 @@ def main() -> None:
     p.add_argument("--corpus", choices=sorted(CORPORA), default="textured")
     p.add_argument("--videos", type=int, default=None, help="corpus size (default per corpus; 8 with --quick)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="pipeline config key=value for the tuned pipeline, on top of TUNED")
+                   help="pipeline config key=value on top of the shipped defaults (the 'pipeline' contender)")
+    p.add_argument("--baseline-rev", default=None,
+                   help="git revision whose code and shipped defaults the 'before' contender runs")
     p.add_argument("--sweep", action="store_true", help="also time the pipeline configurations of SWEEP")
     p.add_argument("--only", default=",".join(CONTENDERS),
                    help=f"comma-separated contenders to run, of {','.join(CONTENDERS)} (default: all)")
     args = p.parse_args()
-    # --quick is a smoke run: the shipped pipeline runs the same code as the tuned one, so it is left out.
-    chosen = args.only if not (args.quick and args.only == ",".join(CONTENDERS)) else "tuned,loop,loop1,read_videos"
-    only = {CONTENDERS[k] for k in chosen.split(",")}
+    only = {CONTENDERS[k] for k in args.only.split(",")}
+    if args.baseline_rev is None:
+        only.discard(CONTENDERS["before"])
     kind = "shapes" if args.quick else args.corpus
     num_videos = args.videos or (4 if args.quick else CORPORA[kind]["videos"])
     repeats = args.repeats or (1 if args.quick else 3)
@@ -416,16 +435,16 @@ def main() -> None:
         f.read_bytes()
     work = Path(tempfile.mkdtemp(prefix="vtok-bench-pipeline-", dir="/tmp"))
     base = ["sink.mode='overwrite'"]
-    tuned = base + TUNED + args.overrides
+    baseline_tree = checkout(args.baseline_rev) if args.baseline_rev else None
     all_specs: dict[str, dict[str, Any]] = {
-        "pipeline, shipped defaults": {"kind": "pipeline", "overrides": base},
-        "pipeline, tuned": {"kind": "pipeline", "overrides": tuned},
+        "pipeline": {"kind": "pipeline", "overrides": base + args.overrides},
+        "pipeline, before": {"kind": "pipeline", "overrides": base, "tree": baseline_tree},
         # The loop as written with library defaults: FFmpeg's and torch's own thread counts.
         "plain loop, default threads": {"kind": "loop", "overrides": base, "torch_threads": None},
-        # The strong baseline: one process, one clip at a time, with the thread settings of the tuned
+        # The strong baseline: one process, one clip at a time, with the thread settings of the
         # pipeline's workers (one decoder thread, one torch thread).
         "plain loop, 1 thread": {"kind": "loop", "overrides": base + ["decode.threads=1"], "torch_threads": 1},
-        "read_videos": {"kind": "read_videos", "overrides": tuned},
+        "read_videos": {"kind": "read_videos", "overrides": base},
     }
     specs = {name: spec for name, spec in all_specs.items() if name in only}
     if args.sweep:
@@ -438,10 +457,12 @@ def main() -> None:
 
     def job(name: str) -> Any:
         out = work / f"{len(reports[name])}-{abs(hash(name))}"
-        spec = specs[name] | {"name": name, "manifest": manifest, "out": str(out),
-                              "ray_temp": tempfile.mkdtemp(prefix="vtok-bench-ray-", dir="/tmp")}
+        spec = {k: v for k, v in specs[name].items() if k != "tree"} | {
+            "name": name, "manifest": manifest, "out": str(out),
+            "ray_temp": tempfile.mkdtemp(prefix="vtok-bench-ray-", dir="/tmp"),
+        }
         try:
-            report = run_job(spec)
+            report = run_job(spec, specs[name].get("tree"))
         finally:
             shutil.rmtree(spec["ray_temp"], ignore_errors=True)
         if name in last_out:
@@ -526,7 +547,7 @@ def main() -> None:
         "pipeline",
         {
             "params": {"corpus": kind, "corpus_params": CORPORA[kind], "videos": num_videos, "repeats": repeats,
-                       "quick": args.quick, "tuned": TUNED + args.overrides},
+                       "quick": args.quick, "overrides": args.overrides, "baseline_rev": args.baseline_rev},
             "results": results,
             "runs": reports,
             "output_checks": checks,

@@ -72,7 +72,7 @@ def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
     meta = shard_metadata(tokenizer.fingerprint, tokenizer.describe(), __version__)
     table_ = build_token_table(records, meta)
     variants = {name: _stored_bytes(table_, options) for name, options in _write_variants(table_).items()}
-    stored, file_bytes = variants["sink default"]
+    stored, file_bytes = variants["sink"]
     n = len(records)
     dim = tokenizer.hidden_size
     vtok_tokens = [r["key_tokens"].shape[0] + r["residual_features"].shape[0] for r in records]
@@ -105,11 +105,8 @@ def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
     }
 
 
-TENSOR_COLUMNS = ("key_tokens", "residual_features", "residual_tokens", "frame_tokens")
-
-
 def _write_variants(table_: Any) -> dict[str, dict[str, Any]]:
-    """Parquet writer options compared: the sink's (zstd, pyarrow defaults) and two for float tensors.
+    """Parquet writer options compared: the sink's, and pyarrow's defaults (what the sink wrote before).
 
     pyarrow dictionary-encodes every column by default; float tensors are (nearly) all distinct values,
     so the dictionary page holds every value once more plus an index per value until it falls back to
@@ -117,20 +114,13 @@ def _write_variants(table_: Any) -> dict[str, dict[str, Any]]:
     compresses better (the exponent bytes repeat). Both are standard Parquet that pyarrow, DuckDB and
     Hugging Face datasets read.
     """
-    scalars = [f.name for f in table_.schema if f.name not in TENSOR_COLUMNS]
-    leaves = [p for p in table_.schema.names if p in TENSOR_COLUMNS]
-    # Leaf paths of nested list columns, as Parquet names them.
-    import pyarrow.parquet as pq
+    from pipelines.sink import tensor_encodings
 
-    buf = io.BytesIO()
-    pq.write_table(table_.slice(0, 1), buf)
-    schema = pq.ParquetFile(io.BytesIO(buf.getvalue())).schema
-    leaf_paths = [schema.column(i).path for i in range(len(schema)) if schema.column(i).path.split(".")[0] in leaves]
+    sink = tensor_encodings(table_.schema)
     return {
-        "sink default": {"compression": "zstd"},
-        "no dictionary on tensors": {"compression": "zstd", "use_dictionary": scalars},
-        "no dictionary + byte_stream_split": {"compression": "zstd", "use_dictionary": scalars,
-                                              "use_byte_stream_split": leaf_paths},
+        "sink": {"compression": "zstd", **sink},
+        "pyarrow defaults (the sink before)": {"compression": "zstd"},
+        "no dictionary on tensors, plain": {"compression": "zstd", "use_dictionary": sink["use_dictionary"]},
     }
 
 
