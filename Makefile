@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build on a CPU box.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint venv clean lock
+.PHONY: demo test lint bench venv clean lock
 
 venv: $(VENV)/.installed
 
@@ -27,7 +27,17 @@ test: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# Every benchmark of BENCHMARKS.md in turn (about an hour on 2 cores); results in bench/results/.
+bench: venv
+	$(PY) -m bench.decode
+	$(PY) -m bench.tokens
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.memory
+	$(PY) -m bench.s3
+	$(PY) -m bench.gpu_encoder $(if $(shell command -v nvidia-smi),,--device cpu --quick)
 
 lock: venv
 	( echo "# Versions make demo / make test install (resolved and tested together); regenerate with: make lock"; \
