@@ -45,6 +45,27 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def cached_corpus(name: str, fill: Callable[[Path], None]) -> str:
+    """The manifest of corpus `name` in the cache, made once by `fill(folder)` if missing.
+
+    `fill` writes into a staging folder that is renamed into place when complete, so an interrupted
+    generation is never mistaken for a corpus.
+    """
+    import shutil
+    import tempfile
+
+    root = cache_dir("corpus") / name
+    manifest = root / "manifest.jsonl"
+    if manifest.is_file():
+        return str(manifest)
+    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=".staging-"))
+    fill(staging)
+    assert (staging / "manifest.jsonl").is_file(), f"corpus {name}: fill() wrote no manifest.jsonl"
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    return str(manifest)
+
+
 def _lscpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout

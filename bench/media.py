@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import cache_dir, log
+from bench.common import cache_dir, cached_corpus, log
 
 
 def _texture(height: int, width: int, cell: int, seed: int) -> np.ndarray:
@@ -143,22 +143,18 @@ def textured_corpus(num_videos: int, seconds: float, width: int, height: int, fp
     process per core, once.
     """
     import json
-    import shutil
     from concurrent.futures import ProcessPoolExecutor
 
-    root = cache_dir("corpus") / f"textured_{width}x{height}_{seconds:g}s_{fps}fps_gop{gop_s:g}s_{num_videos}v"
-    manifest = root / "manifest.jsonl"
-    if manifest.is_file():
-        return str(manifest)
-    log(f"generating {num_videos} textured clips into {root} (cached; about 1.5 s of CPU each)")
-    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=".staging-"))
-    (staging / "videos").mkdir()
+    name = f"textured_{width}x{height}_{seconds:g}s_{fps}fps_gop{gop_s:g}s_{num_videos}v"
     rels = [f"videos/textured_{i:06d}.mp4" for i in range(num_videos)]
     frames, gop = int(round(seconds * fps)), int(round(gop_s * fps))
-    jobs = [(str(staging / rel), frames, height, width, fps, gop) for rel in rels]
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(_write_textured, jobs))
-    (staging / "manifest.jsonl").write_text("".join(json.dumps({"uri": rel}) + "\n" for rel in rels))
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-    return str(manifest)
+
+    def fill(folder: Path) -> None:
+        log(f"generating {num_videos} textured clips for {name} (cached; about 1.5 s of CPU each)")
+        (folder / "videos").mkdir()
+        jobs = [(str(folder / rel), frames, height, width, fps, gop) for rel in rels]
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(_write_textured, jobs))
+        (folder / "manifest.jsonl").write_text("".join(json.dumps({"uri": rel}) + "\n" for rel in rels))
+
+    return cached_corpus(name, fill)

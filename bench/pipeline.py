@@ -44,7 +44,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import TreeCpu, cache_dir, interleaved, log, median, parser, summary, table, write_results
+from bench.common import (
+    TreeCpu,
+    cached_corpus,
+    interleaved,
+    log,
+    median,
+    parser,
+    summary,
+    table,
+    write_results,
+)
 
 # --sweep: the shipped defaults with one setting at a time put back to its value before issue 6
 # (decode.threads 0, decode_stage.num_cpus 1, decode_stage.batch_size 4), or isolation off: each one's share.
@@ -60,17 +70,14 @@ def make_corpus(num_videos: int, width: int, height: int, num_frames: int, fps: 
     """A cached shapes-world corpus; returns its manifest path."""
     from vtok.shapes import ShapesConfig, write_corpus
 
-    root = cache_dir("corpus") / f"shapes_{width}x{height}_{num_frames}f_{fps:g}fps_{num_videos}v"
-    manifest = root / "manifest.jsonl"
-    if manifest.is_file():
-        return str(manifest)
-    log(f"generating {num_videos} shapes-world videos into {root} (cached)")
-    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=".staging-"))
+    name = f"shapes_{width}x{height}_{num_frames}f_{fps:g}fps_{num_videos}v"
     cfg = ShapesConfig(width=width, height=height, num_frames=num_frames, fps=fps)
-    write_corpus(str(staging), num_videos, seed=0, cfg=cfg, static_every=8)
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-    return str(manifest)
+
+    def fill(folder: Path) -> None:
+        log(f"generating {num_videos} shapes-world videos for {name} (cached)")
+        write_corpus(str(folder), num_videos, seed=0, cfg=cfg, static_every=8)
+
+    return cached_corpus(name, fill)
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
