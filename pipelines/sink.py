@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import IO, Any
@@ -85,7 +86,9 @@ def build_token_table(records: list[dict[str, Any]], metadata: dict[bytes, bytes
     unless `attributes` says (a streamed shard decides once, from its inputs).
     """
     optional = [c for c in ("residual_tokens", "frame_tokens") if records and records[0][c] is not None]
-    if attributes if attributes is not None else any(r["attributes"] for r in records):
+    if attributes is None:
+        attributes = any(r["attributes"] for r in records)
+    if attributes:
         optional.append("attributes")
     schema = token_schema(optional).with_metadata(metadata)
     columns: dict[str, pa.Array] = {}
@@ -177,12 +180,12 @@ class _Part:
         else:
             self._tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
 
-    def write(self, table: pa.Table | None, samples: list[dict[str, Any]]) -> None:
-        if self._parquet is not None:
-            assert table is not None
-            self._parquet.write_table(table, row_group_size=table.num_rows)
-            self.rows += table.num_rows
-            return
+    def write_row_group(self, table: pa.Table) -> None:
+        assert self._parquet is not None
+        self._parquet.write_table(table, row_group_size=table.num_rows)
+        self.rows += table.num_rows
+
+    def write_samples(self, samples: list[dict[str, Any]]) -> None:
         assert self._tar is not None
         for sample in samples:
             for name, data in sample_members(sample):
@@ -231,6 +234,8 @@ class ShardWriter:
         self.metadata, self.cfg, self.storage_options, self.fmt = metadata, cfg, storage_options, fmt
         self.attributes = attributes
         self.received = 0
+        self.busy_s = 0.0
+        """Seconds spent in add() and commit(): this shard's share of the driver's write time."""
         self._last_key = ""
         self._buffer: list[dict[str, Any]] = []
         self._buffer_bytes = 0
@@ -246,6 +251,13 @@ class ShardWriter:
         return self.received == len(self.input_keys)
 
     def add(self, row: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            self._add(row)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _add(self, row: dict[str, Any]) -> None:
         key = _plain(row["sample_key"])
         assert key > self._last_key, f"shard {self.shard}: rows must arrive in sample-key order ({key} after {self._last_key})"
         self._last_key = key
@@ -266,24 +278,20 @@ class ShardWriter:
             return
         if self._open is not None and self._open_estimate + self._buffer_bytes > self.cfg.max_shard_bytes:
             self._close_part()
+        table = build_token_table(self._buffer, self.metadata, self.attributes) if self.fmt == "parquet" else None
         if self._open is None:
             self._open = _Part(
                 join(self.output, "shards", f"{shard_name(self.shard)}.{self._suffix}"), self.fmt,
-                self._schema(), self.cfg.compression,
+                None if table is None else table.schema, self.cfg.compression,
             )
             self._open_estimate = _PART_OVERHEAD if self.fmt == "parquet" else 10240
-        fingerprint = self.metadata[META_FINGERPRINT].decode()
-        if self.fmt == "parquet":
-            self._open.write(build_token_table(self._buffer, self.metadata, self.attributes), [])
+        if table is not None:
+            self._open.write_row_group(table)
         else:
-            self._open.write(None, [webdataset_sample(r, fingerprint) for r in self._buffer])
+            fingerprint = self.metadata[META_FINGERPRINT].decode()
+            self._open.write_samples([webdataset_sample(r, fingerprint) for r in self._buffer])
         self._open_estimate += self._buffer_bytes
         self._buffer, self._buffer_bytes = [], 0
-
-    def _schema(self) -> pa.Schema | None:
-        if self.fmt != "parquet":
-            return None
-        return build_token_table(self._buffer[:1], self.metadata, self.attributes).schema
 
     def _close_part(self) -> None:
         assert self._open is not None
@@ -297,6 +305,13 @@ class ShardWriter:
 
     def commit(self) -> CommitRecord:
         """Write what is buffered, publish the parts and the quarantine table, then commit the shard."""
+        started = time.perf_counter()
+        try:
+            return self._commit()
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _commit(self) -> CommitRecord:
         assert self.complete, f"shard {self.shard}: {self.received} of {len(self.input_keys)} rows received"
         self._flush()
         if self._open is not None:

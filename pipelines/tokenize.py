@@ -247,7 +247,6 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
             batch_format="numpy",
         )
         writers: dict[int, ShardWriter] = {}
-        write_time: dict[int, float] = {}
         pipeline_t0 = time.perf_counter()
         try:
             for done_clips, row in enumerate(ds.iter_rows(), start=1):
@@ -262,15 +261,13 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                 if not row["error_reason"]:
                     stats.frames_per_clip.append(len(from_npy(row["frame_indices"])))
                 stats.record_clip(time.perf_counter() - t0, done_clips)
-                write_t0 = time.perf_counter()
                 writers[shard].add(row)
                 if writers[shard].complete:
-                    record = writers.pop(shard).commit()
+                    writer = writers.pop(shard)
+                    record = writer.commit()
                     stats.shard_bytes.append(record.bytes)
-                    stats.write_s.append(write_time.pop(shard, 0.0) + time.perf_counter() - write_t0)
+                    stats.write_s.append(writer.busy_s)
                     written += 1
-                else:
-                    write_time[shard] = write_time.get(shard, 0.0) + time.perf_counter() - write_t0
         finally:
             for writer in writers.values():
                 writer.abort()
