@@ -186,8 +186,8 @@ def run_child(
 # The children.
 
 
-def child_pipeline(manifest: str, extra: list[str], store_limit_mb: float | None) -> dict[str, Any]:
-    """run_tokenize with the shipped defaults + `extra` overrides; optionally a cap on Ray Data's object store use."""
+def child_pipeline(manifest: str) -> dict[str, Any]:
+    """run_tokenize with the shipped defaults (jobs/configs/tokenize.yaml) on a fresh local Ray."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
@@ -199,12 +199,7 @@ def child_pipeline(manifest: str, extra: list[str], store_limit_mb: float | None
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    if store_limit_mb is not None:
-        # What the streaming executor may keep in the object store between stages (default: a share of it).
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=int(store_limit_mb * 2**20)
-        )
-    cfg = load_tokenize_config([f"input={manifest}", f"output={out}", *extra])
+    cfg = load_tokenize_config([f"input={manifest}", f"output={out}"])
     summary_ = run_tokenize(cfg, progress=False)
     ray.shutdown()
     import shutil
@@ -260,16 +255,14 @@ def _mib(b: float) -> float:
     return b / 2**20
 
 
-def bench_pipeline(
-    sizes: list[int], repeats: int, extra: list[str], store_limit_mb: float | None
-) -> dict[str, Any]:
+def bench_pipeline(sizes: list[int], repeats: int) -> dict[str, Any]:
     from bench.pipeline import make_corpus
 
     manifests = {n: make_corpus(n, 128, 128, 32, 8.0) for n in sizes}
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
 
     def measure(n: int) -> dict[str, Any]:
-        result = run_child(["pipeline", manifests[n], json.dumps(extra), json.dumps(store_limit_mb)])
+        result = run_child(["pipeline", manifests[n]])
         runs[n].append(result)
         log(f"pipeline on {n} videos: tree RSS {_mib(result['peak_tree_rss']):.0f} MiB, PSS "
             f"{_mib(result['peak_tree_pss']):.0f} MiB, driver {_mib(result['peak_driver_rss']):.0f} MiB, "
@@ -337,7 +330,7 @@ def bench_long_video(minutes: float, width: int, height: int, repeats: int, limi
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, rest = sys.argv[2], sys.argv[3:]
-        report = {"pipeline": lambda: child_pipeline(rest[0], json.loads(rest[1]), json.loads(rest[2])),
+        report = {"pipeline": lambda: child_pipeline(rest[0]),
                   "decode": lambda: child_decode(rest[0], rest[1]),
                   "naive": lambda: child_naive(rest[0], rest[1])}[kind]()
         print(json.dumps(report), flush=True)
@@ -353,10 +346,10 @@ def main() -> None:
     width, height = 1920, 1080
     limit = args.naive_limit_gib if args.naive_limit_gib != 4.0 else limit
 
-    pipeline = bench_pipeline(sizes, repeats, [], None)
+    pipeline = bench_pipeline(sizes, repeats)
     if plateau is not None and not args.no_plateau:
         # One longer run: does the peak keep rising past 1,000 videos, or has it levelled off?
-        pipeline |= bench_pipeline([plateau], 1, [], None)
+        pipeline |= bench_pipeline([plateau], 1)
     long = bench_long_video(minutes, width, height, repeats, limit)
 
     small, large = (pipeline[str(n)] for n in sizes)
