@@ -1,7 +1,8 @@
 """Decode stage (CPU tasks): clip rows in, sampled and resized frames out.
 
 A video that cannot be decoded is data, not an exception: its row comes out with
-`error_reason` / `error_message` set and no frames, and the sink turns it into a quarantine row.
+`error_reason` / `error_message` set and no frames, and the sink turns it into a quarantine row. A row
+that arrives with `error_reason` already set (a bad manifest row) is not decoded and leaves the same way.
 """
 
 from __future__ import annotations
@@ -53,8 +54,17 @@ def decode_batch(
         "error_message": [],
         "decode_s": [],
     }
+    # Rows from before listings could carry an error have no such columns.
+    known_reason = batch.get("error_reason")
+    known_message = batch.get("error_message")
     for i in range(n):
         started = time.perf_counter()
+        reason = _text(known_reason[i]) if known_reason is not None else ""
+        if reason:
+            message = _text(known_message[i]) if known_message is not None else ""
+            _append_error(columns, reason, message or f"{batch['source_uri'][i]}: {reason}")
+            columns["decode_s"].append(0.0)
+            continue
         start = float(batch["clip_start_s"][i])
         end = float(batch["clip_end_s"][i])
         uri = str(batch["source_uri"][i])
@@ -93,6 +103,13 @@ def decode_batch(
     result["shard"] = np.array(out["shard"], dtype=np.int64)
     result["decode_s"] = np.array(columns["decode_s"], dtype=np.float64)
     return result
+
+
+def _text(value: Any) -> str:
+    """A string cell as Ray hands it over: None, or NaN for a column it saw as all-null, mean empty."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
 
 
 def _append_error(columns: dict[str, list[Any]], reason: str, message: str) -> None:
