@@ -13,18 +13,39 @@ concerned; a rerun rewrites it with identical bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from schemas.layout import COMMITS_DIR, MANIFEST_FILE, RUN_FILE, shard_name
-from vtok.storage import get_fs, is_local, join, strip_file_scheme
+from schemas.layout import (
+    COMMITS_DIR,
+    MANIFEST_FILE,
+    QUARANTINE_DIR,
+    REPORT_FILE,
+    REPORT_HTML,
+    RESERVED_NAMES,
+    RUN_FILE,
+    SHARDS_DIR,
+    VTOK_DIR,
+    is_shard_file,
+    shard_name,
+)
+from vtok.errors import InputError
+from vtok.storage import get_fs, honour_umask, is_local, join, strip_file_scheme
+
+_REFUSE_HINT = "Write to a new output, or pass sink.mode=overwrite to delete the existing dataset first."
 
 
-class DatasetMismatchError(RuntimeError):
-    """An output already holds tokens of another tokenizer or schema version."""
+class DatasetMismatchError(InputError):
+    """An output already holds a dataset made of something else: another tokenizer, schema, format,
+    input listing, or settings that decide what a row contains."""
+
+
+class OutputCollisionError(InputError):
+    """Writing the dataset would overwrite or delete a file vtok did not write (an input, a foreign file)."""
 
 
 @dataclass
@@ -54,6 +75,7 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | 
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
         try:
+            honour_umask(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -80,6 +102,7 @@ def spool_file(uri: str) -> str:
         os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     os.close(fd)
+    honour_umask(tmp)
     return tmp
 
 
@@ -111,18 +134,107 @@ def write_json(uri: str, value: Any, storage_options: dict[str, Any] | None = No
 
 
 def bind_run(output: str, run: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
-    """Record what the dataset at `output` is made of, or refuse if it was made of something else."""
+    """Record what the dataset at `output` is made of, or refuse if it was made of something else.
+
+    `run["identity"]` holds every setting that decides what a row contains besides the tokenizer (frame
+    sampling, clip splitting, resize, limits); a resume must match it key by key.
+    """
     existing = read_json(join(output, RUN_FILE), storage_options)
-    if existing is not None:
-        for key in ("schema_version", "fingerprint", "format"):
-            if existing.get(key) != run.get(key):
-                raise DatasetMismatchError(
-                    f"output {output} already holds a dataset with {key}={existing.get(key)!r}, but this run "
-                    f"has {key}={run.get(key)!r}; mixing them in one dataset is refused. Write to a new output, "
-                    f"or pass sink.mode=overwrite to delete the existing dataset first."
-                )
+    if existing is None:
+        write_json(join(output, RUN_FILE), run, storage_options)
         return
-    write_json(join(output, RUN_FILE), run, storage_options)
+    for key in ("schema_version", "fingerprint", "format"):
+        if existing.get(key) != run.get(key):
+            raise DatasetMismatchError(
+                f"output {output} already holds a dataset with {key}={existing.get(key)!r}, but this run "
+                f"has {key}={run.get(key)!r}; mixing them in one dataset is refused. {_REFUSE_HINT}"
+            )
+    if "identity" not in existing:
+        raise DatasetMismatchError(
+            f"output {output} holds a dataset made by an older vtok that did not record its frame sampling and "
+            f"clip settings, so a resume cannot be checked. {_REFUSE_HINT}"
+        )
+    old, new = existing["identity"], run["identity"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise DatasetMismatchError(
+                f"output {output} was made with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
+                f"resuming would mix two settings in one dataset. {_REFUSE_HINT}"
+            )
+
+
+def check_committed_inputs(output: str, records: dict[int, CommitRecord], shard_keys: list[list[str]]) -> None:
+    """Refuse a resume whose input listing no longer cuts into the shards that were committed."""
+    for index, record in sorted(records.items()):
+        if index >= len(shard_keys):
+            raise DatasetMismatchError(
+                f"output {output}: shard {index} is committed but this run's input listing makes only "
+                f"{len(shard_keys)} shard(s): the inputs changed since the dataset was made. {_REFUSE_HINT}"
+            )
+        if record.inputs_sha256 != inputs_digest(shard_keys[index]):
+            raise DatasetMismatchError(
+                f"output {output}: committed shard {index} was made from a different input listing (inputs were "
+                f"added, removed or renamed since). {_REFUSE_HINT}"
+            )
+
+
+def inputs_digest(sample_keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(sample_keys).encode()).hexdigest()
+
+
+def is_vtok_dataset(output: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = get_fs(join(output, RUN_FILE), storage_options)
+    return fs.exists(path)
+
+
+def check_output(
+    output: str, inputs: list[str], fmt: str, recursive: bool, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Refuse an output where vtok would overwrite or delete a file it did not write.
+
+    vtok writes only RESERVED_NAMES under an output. They must not be, or contain, an input; and they must
+    not exist already unless vtok made them (the output holds _vtok/run.json). An output inside an input
+    folder is fine where nothing collides: Parquet shards are never listed as inputs, but WebDataset .tar
+    shards would be read back as raw-video tars by the next run that lists that folder.
+    """
+    fs, root = get_fs(output, storage_options)
+    if fs.isfile(root):
+        raise OutputCollisionError(f"output {output}: is an existing file, not a folder; choose a folder")
+    if not is_vtok_dataset(output, storage_options):
+        for name in RESERVED_NAMES:
+            if fs.exists(f"{root.rstrip('/')}/{name}"):
+                raise OutputCollisionError(
+                    f"output {output}: {name} exists and was not written by vtok (there is no {RUN_FILE}); "
+                    f"vtok never overwrites or deletes files it did not write: choose another output folder"
+                )
+    out = _comparable(output)
+    for uri in inputs:
+        inp = _comparable(uri)
+        for name in RESERVED_NAMES:
+            reserved = f"{out}/{name}"
+            if inp == reserved or inp.startswith(reserved + "/"):
+                raise OutputCollisionError(
+                    f"output {output}: vtok writes {reserved}, which is the input {uri}; choose another output folder"
+                )
+        inside = out == inp or (recursive and out.startswith(inp.rstrip("/") + "/"))
+        if fmt == "webdataset" and inside and _is_dir(uri, storage_options):
+            raise OutputCollisionError(
+                f"output {output}: is inside the input folder {uri}, so its WebDataset .tar shards would be listed "
+                f"as input videos by the next run; choose an output outside the input folder"
+            )
+
+
+def _is_dir(uri: str, storage_options: dict[str, Any] | None) -> bool:
+    fs, path = get_fs(uri, storage_options)
+    return fs.isdir(path)
+
+
+def _comparable(uri: str) -> str:
+    """A URI in a form two spellings of one place compare equal in: local paths resolved, no trailing '/'."""
+    if is_local(uri):
+        return os.path.realpath(strip_file_scheme(uri))
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://{'/'.join(p for p in rest.split('/') if p)}"
 
 
 def committed(output: str, storage_options: dict[str, Any] | None = None) -> dict[int, CommitRecord]:
@@ -159,6 +271,7 @@ def write_manifest(output: str, run: dict[str, Any], storage_options: dict[str, 
         "fingerprint": run["fingerprint"],
         "format": run["format"],
         "tokenizer": run["tokenizer"],
+        "identity": run["identity"],
         "vtok_version": run["vtok_version"],
         "num_shards_planned": run["num_shards"],
         "complete": len(records) == run["num_shards"],
@@ -178,9 +291,24 @@ def write_manifest(output: str, run: dict[str, Any], storage_options: dict[str, 
 
 
 def delete_dataset(output: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Remove everything vtok writes under `output` (sink.mode=overwrite)."""
+    """Remove what vtok wrote under `output` (sink.mode=overwrite), and nothing else.
+
+    Only a vtok dataset (one with _vtok/run.json) is touched, and in it only vtok's own names: shard and
+    quarantine files named part-*, the manifest, the reports and _vtok/. A file someone else put in shards/
+    stays where it is.
+    """
+    if not is_vtok_dataset(output, storage_options):
+        return
     fs, path = get_fs(output, storage_options)
-    for sub in ("shards", "quarantine", "_vtok", MANIFEST_FILE, "report.json", "report.html"):
-        target = f"{path.rstrip('/')}/{sub}"
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
+    root = path.rstrip("/")
+    for folder in (SHARDS_DIR, QUARANTINE_DIR):
+        if fs.isdir(f"{root}/{folder}"):
+            for name in fs.ls(f"{root}/{folder}", detail=False):
+                if is_shard_file(name.rsplit("/", 1)[-1]):
+                    fs.rm_file(name)
+    for name in (MANIFEST_FILE, REPORT_FILE, REPORT_HTML):
+        if fs.exists(f"{root}/{name}"):
+            fs.rm_file(f"{root}/{name}")
+    # Last, so an interrupted overwrite still counts as vtok's dataset and can be overwritten again.
+    if fs.exists(f"{root}/{VTOK_DIR}"):
+        fs.rm(f"{root}/{VTOK_DIR}", recursive=True)

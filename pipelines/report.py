@@ -21,14 +21,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.manifest import read_json, write_bytes_atomic, write_json
-from schemas.layout import REPORT_FILE
+from schemas.layout import REPORT_FILE, REPORT_HTML
 from vtok.storage import get_fs, join
 
 if TYPE_CHECKING:
     from pipelines.tokenize import TokenizeSummary
 
-REPORT_VERSION = 1
-REPORT_HTML = "report.html"
+REPORT_VERSION = 2
+# Sections that describe one run's work (the rest describe the whole dataset). A run that found nothing to
+# do keeps the previous working run's, so the page never shows an 8 ms "run" in place of the real one.
+RUN_SECTIONS = ("time", "stages", "throughput", "sizing")
+RUN_TOKEN_FIELDS = ("vtok_per_clip", "frame_sampling_per_clip", "frames_per_clip", "vtok_total_this_run",
+                    "frame_sampling_total_this_run", "histogram")
 REDACTED = "***redacted***"
 
 # Key-name segments that mark a secret. Matched per "_"-separated segment so that e.g.
@@ -201,7 +205,8 @@ def build_report(
             # Dataset-wide means (from every committed shard), then this run's exact distribution.
             "dataset_mean_vtok_per_clip": vt_mean,
             "dataset_mean_frame_sampling_per_clip": summary.mean_frame_tokens_per_clip,
-            "dataset_reduction": (summary.mean_frame_tokens_per_clip / vt_mean) if vt_mean > 0 else 0.0,
+            # None when no clip was tokenized: there is no ratio to state.
+            "dataset_reduction": (summary.mean_frame_tokens_per_clip / vt_mean) if summary.clips_out else None,
             "vtok_per_clip": _dist([float(v) for v in vtok_per_clip]),
             "frame_sampling_per_clip": _dist([float(v) for v in fs_per_clip]),
             "frames_per_clip": _dist([float(v) for v in frames]),
@@ -258,8 +263,50 @@ def build_report(
             "by_reason": dict(sorted(summary.errors.items())),
             "samples": _error_samples(summary.output, manifest, storage_options),
         },
+        "skipped": {"by_label": dict(sorted(summary.skipped.items())),
+                    "examples": [_redact_string(u) for u in summary.skipped_examples]},
         "config": redact(config),
+        "runs": [{
+            "started_unix": stats.started_unix,
+            "wall_s": summary.wall_time_s,
+            "clips": clips_this_run,
+            "encoded": encoded,
+            "quarantined": clips_this_run - encoded,
+            "shards_written": summary.shards_written,
+            "shards_skipped": summary.shards_skipped,
+            "clips_per_s_wall": _rate(clips_this_run, summary.wall_time_s),
+            "did_work": clips_this_run > 0,
+            "config": redact(config),
+        }],
+        "shown_run": 0,
     }
+
+
+def merge_previous(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """This run's report with every earlier run's record kept; a run that did nothing shows the last that did.
+
+    `runs` lists every run oldest first; `shown_run` indexes the run whose timings the page charts.
+    """
+    if not previous:
+        return report
+    runs = previous.get("runs")
+    if runs is None:  # a version-1 report: the one run it describes
+        runs = [{"started_unix": previous["time"]["started_unix"], "wall_s": previous["time"]["wall_s"],
+                 "clips": previous["counts"]["clips_this_run"], "did_work": previous["counts"]["clips_this_run"] > 0,
+                 "config": previous.get("config")}]
+    merged = dict(report)
+    merged["runs"] = [*runs, *report["runs"]]
+    if not report["runs"][0]["did_work"] and any(r.get("did_work") for r in runs):
+        merged["shown_run"] = previous.get("shown_run", len(runs) - 1)
+        for key in RUN_SECTIONS:
+            merged[key] = previous[key]
+        merged["tokens"] = {**report["tokens"], **{k: previous["tokens"][k] for k in RUN_TOKEN_FIELDS}}
+        for key in ("clips_this_run", "encoded_this_run", "quarantined_this_run", "shards_written", "shards_skipped"):
+            merged["counts"] = {**merged["counts"], key: previous["counts"][key]}
+        merged["config"] = previous.get("config")
+    else:
+        merged["shown_run"] = len(merged["runs"]) - 1
+    return merged
 
 
 def write_report(
@@ -268,8 +315,8 @@ def write_report(
     """Write report.json and report.html under the run's output (local or any fsspec URI)."""
     if storage_options is None:
         storage_options = getattr(config, "storage_options", None) or None
-    report = build_report(summary, config, storage_options)
     paths = ReportPaths(json=join(summary.output, REPORT_FILE), html=join(summary.output, REPORT_HTML))
+    report = merge_previous(build_report(summary, config, storage_options), read_json(paths.json, storage_options))
     write_json(paths.json, report, storage_options)
     write_bytes_atomic(paths.html, render_html(report).encode(), storage_options)
     return paths
@@ -305,6 +352,13 @@ def _fmt_s(s: float) -> str:
     return f"{s * 1000:.0f} ms"
 
 
+def _tokens_text(t: dict[str, Any]) -> str:
+    if t.get("dataset_reduction") is None:
+        return "no clips were tokenized"
+    return (f"VTok S+R mean {t['dataset_mean_vtok_per_clip']:.1f}; frame sampling T*S mean "
+            f"{t['dataset_mean_frame_sampling_per_clip']:.1f}; {t['dataset_reduction']:.1f}x fewer")
+
+
 def sizing_advice(report: dict[str, Any]) -> str:
     """The rule of thumb for decode CPUs per encoder, from this run's measured per-clip times."""
     s = report["sizing"]
@@ -333,9 +387,17 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"{'' if c['complete'] else '; INCOMPLETE'}",
         f"bytes              {_fmt_bytes(report['bytes']['dataset_shard_bytes'])} of shards "
         f"({_fmt_bytes(report['bytes']['per_clip'])} per clip)",
-        f"tokens per clip    VTok S+R mean {t['dataset_mean_vtok_per_clip']:.1f}; frame sampling T*S mean "
-        f"{t['dataset_mean_frame_sampling_per_clip']:.1f}; {t['dataset_reduction']:.1f}x fewer",
+        f"tokens per clip    {_tokens_text(t)}",
     ]
+    skipped = report.get("skipped", {}).get("by_label", {})
+    if skipped:
+        lines.append(f"skipped            {sum(skipped.values())} by the listing: "
+                     + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    runs = report.get("runs", [])
+    if len(runs) > 1:
+        worked = [r for r in runs if r.get("did_work")]
+        lines.append(f"runs               {len(runs)} ({len(worked)} did work); timings below are of run "
+                     f"{report.get('shown_run', len(runs) - 1) + 1}")
     if vt["count"]:
         lines.append(
             f"  this run         VTok p50 {vt['p50']:.0f} / p90 {vt['p90']:.0f} / max {vt['max']:.0f}; "
@@ -624,6 +686,25 @@ pre{background:#f1f5f9;padding:12px;border-radius:8px;overflow:auto;font-size:12
 """
 
 
+def _runs_section(report: dict[str, Any]) -> str:
+    """Every run that wrote into this dataset, the one the charts show marked."""
+    runs = report.get("runs", [])
+    if len(runs) < 2:
+        return ""
+    shown = report.get("shown_run", len(runs) - 1)
+    rows = "".join(
+        f"<tr><td>{i + 1}{' (charted)' if i == shown else ''}</td>"
+        f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.get('started_unix', 0)))}</td>"
+        f"<td>{r.get('clips', 0):,}</td><td>{r.get('shards_written', '')}</td><td>{_fmt_s(r.get('wall_s', 0.0))}</td>"
+        f"<td>{'yes' if r.get('did_work') else 'nothing to do'}</td></tr>"
+        for i, r in enumerate(runs)
+    )
+    return (f"<section><h2>Runs</h2><table><tr><th>run</th><th>started (UTC)</th><th>clips</th>"
+            f"<th>shards written</th><th>wall time</th><th>did work</th></tr>{rows}</table>"
+            f'<p class="note">Timings and charts above are of run {shown + 1}, the last that did work; '
+            f"report.json keeps every run's record.</p></section>")
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The self-contained report page."""
     c, t, tm = report["counts"], report["tokens"], report["time"]
@@ -633,7 +714,8 @@ def render_html(report: dict[str, Any]) -> str:
         _card("quarantined", f"{c['quarantined']:,}", ", ".join(f"{k} {v}" for k, v in errors.items()) or "none"),
         _card("tokens per clip", f"{t['dataset_mean_vtok_per_clip']:.1f}",
               f"VTok S+R vs {t['dataset_mean_frame_sampling_per_clip']:.1f} T*S "
-              f"({t['dataset_reduction']:.1f}x fewer)"),
+              f"({t['dataset_reduction']:.1f}x fewer)") if t.get("dataset_reduction") is not None
+        else _card("tokens per clip", "n/a", "no clips were tokenized"),
         _card("wall time", _fmt_s(tm["wall_s"]), f"pipeline {_fmt_s(tm['pipeline_s'])}"),
         _card("throughput", f"{report['throughput']['clips_per_s_wall']:.2f}", "clips/s over the wall time"),
         _card("shards", f"{c['shards_committed']}/{c['shards_planned']}",
@@ -652,6 +734,12 @@ def render_html(report: dict[str, Any]) -> str:
                       f"retry them unless the shard is rewritten (sink.mode=overwrite).</p>")
     else:
         error_body = '<p class="ok">No errors: every input became tokens.</p>'
+    skipped = report.get("skipped", {})
+    if skipped.get("by_label"):
+        examples = "".join(f"<li>{_e(u)}</li>" for u in skipped.get("examples", []))
+        error_body += (f'<p class="note">The listing skipped {sum(skipped["by_label"].values())} file(s): '
+                       + _e(", ".join(f"{k} {v}" for k, v in skipped["by_label"].items()))
+                       + f" (not videos by source.extensions, directory symlinks, duplicates).</p><ul>{examples}</ul>")
     config = json.dumps(report["config"], indent=2, sort_keys=True, default=str)
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["generated_unix"]))
     vt, fs = t["vtok_per_clip"], t["frame_sampling_per_clip"]
@@ -678,6 +766,7 @@ T*S p50 {fs['p50']:.0f}, p90 {fs['p90']:.0f}, max {fs['max']:.0f}. Totals {t['vt
 {t['frame_sampling_total_this_run']:,} tokens (S = {t['key_tokens_per_clip']}, one residual token per
 {stride_text}).</p></section>
 <section><h2>Errors by reason</h2>{error_body}</section>
+{_runs_section(report)}
 <section><details><summary><b>Config</b> (credentials redacted)</summary><pre>{_e(config)}</pre></details>
 </section>
 </main></body></html>

@@ -14,12 +14,26 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.manifest import CommitRecord, commit, publish_file, spool_file, write_bytes_atomic
+from pipelines.manifest import (
+    CommitRecord,
+    commit,
+    inputs_digest,
+    publish_file,
+    spool_file,
+    write_bytes_atomic,
+)
 from pipelines.stages.encode import TOKEN_COLUMNS
 from schemas.layout import shard_name
 from schemas.npy import from_npy
-from schemas.token_shard import META_FINGERPRINT, SCHEMA_VERSION, TENSOR_NDIM, tensors_to_arrow, token_schema
-from schemas.webdataset import sample_members, tar_member_info
+from schemas.token_shard import (
+    META_FINGERPRINT,
+    META_IDENTITY,
+    SCHEMA_VERSION,
+    TENSOR_NDIM,
+    tensors_to_arrow,
+    token_schema,
+)
+from schemas.webdataset import IDENTITY_FIELD, sample_members, tar_member_info
 from vtok.storage import join
 
 FORMATS = ("parquet", "webdataset")
@@ -66,10 +80,6 @@ class SinkConfig:
             raise ValueError(f"sink.mode must be resume or overwrite, got {self.mode!r}")
 
 
-def inputs_digest(sample_keys: list[str]) -> str:
-    return hashlib.sha256("\n".join(sample_keys).encode()).hexdigest()
-
-
 def to_record(row: dict[str, Any]) -> dict[str, Any]:
     """An encoded row (tensors as .npy bytes, numpy scalars) -> a plain record with numpy tensors."""
     record: dict[str, Any] = {c: _plain(row[c]) for c in SCALAR_COLUMNS}
@@ -100,9 +110,11 @@ def build_token_table(records: list[dict[str, Any]], metadata: dict[bytes, bytes
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
-def webdataset_sample(record: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    """A record -> a WebDataset sample; its .json also names the schema version and fingerprint."""
+def webdataset_sample(record: dict[str, Any], fingerprint: str, identity_sha256: str | None = None) -> dict[str, Any]:
+    """A record -> a WebDataset sample; its .json also names the schema version, fingerprint and identity."""
     extra = {"schema_version": SCHEMA_VERSION, "tokenizer_fingerprint": fingerprint}
+    if identity_sha256 is not None:
+        extra[IDENTITY_FIELD] = identity_sha256
     return {k: v for k, v in record.items() if v is not None or k in SCALAR_COLUMNS} | extra
 
 
@@ -289,7 +301,9 @@ class ShardWriter:
             self._open.write_row_group(table)
         else:
             fingerprint = self.metadata[META_FINGERPRINT].decode()
-            self._open.write_samples([webdataset_sample(r, fingerprint) for r in self._buffer])
+            identity = self.metadata.get(META_IDENTITY)
+            digest = hashlib.sha256(identity).hexdigest() if identity is not None else None
+            self._open.write_samples([webdataset_sample(r, fingerprint, digest) for r in self._buffer])
         self._open_estimate += self._buffer_bytes
         self._buffer, self._buffer_bytes = [], 0
 

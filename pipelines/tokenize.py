@@ -16,17 +16,27 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.manifest import bind_run, committed, delete_dataset, write_manifest
-from pipelines.sink import FORMATS, ShardWriter, SinkConfig, inputs_digest
-from pipelines.sources import ClipItem, SourceConfig, list_clips, split_into_clips
+from pipelines.manifest import (
+    bind_run,
+    check_committed_inputs,
+    check_output,
+    committed,
+    delete_dataset,
+    write_manifest,
+)
+from pipelines.sink import FORMATS, ShardWriter, SinkConfig
+from pipelines.sources import ClipItem, SourceConfig, list_inputs, split_into_clips
 from pipelines.stages.decode import decode_batch
 from pipelines.stages.encode import EncodeConfig, EncodeStage
 from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
 from vtok import __version__
+from vtok.errors import DataQualityError
 from vtok.storage import check_readable, check_writable
 from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec, residual_positions
 from vtok.video import DecodeConfig, DecodeError, probe
+
+SAMPLING_POLICY = "uniform-when-capped-v1"  # MOVE to vtok.video
 
 
 @dataclass
@@ -132,24 +142,33 @@ class TokenizeSummary:
     mean_frame_tokens_per_clip: float
     wall_time_s: float
     videos_per_s: float
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Files the listing passed over, by label (".gif", "duplicate", ...)."""
+    skipped_examples: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     stats: RunStats = field(repr=False, default_factory=RunStats)
 
     def lines(self) -> list[str]:
         vt = self.key_tokens_per_clip + self.mean_residual_tokens_per_clip
+        tokens = (f"VTok S+R = {self.key_tokens_per_clip} + {self.mean_residual_tokens_per_clip:.1f} = {vt:.1f}; "
+                  f"frame sampling T*S = {self.mean_frame_tokens_per_clip:.1f}") if self.clips_out else "no clips"
         lines = [
             f"output             {self.output}",
             f"fingerprint        {self.fingerprint[:16]}",
             f"videos in          {self.videos_in}",
+            *([f"skipped            {sum(self.skipped.values())}: {_counts_text(self.skipped)}"] if self.skipped else []),
             f"clips out          {self.clips_out}",
             f"quarantined        {self.quarantined} {self.errors or ''}".rstrip(),
             f"shards             {self.shards_written} written, {self.shards_skipped} already committed",
-            f"tokens per clip    VTok S+R = {self.key_tokens_per_clip} + {self.mean_residual_tokens_per_clip:.1f}"
-            f" = {vt:.1f}; frame sampling T*S = {self.mean_frame_tokens_per_clip:.1f}",
+            f"tokens per clip    {tokens}",
             f"wall time          {self.wall_time_s:.1f} s",
             f"throughput         {self.videos_per_s:.2f} videos/s",
         ]
         return lines
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 def _actor_dtype(cfg: TokenizeConfig) -> str:
@@ -167,6 +186,24 @@ def resolve_tokenizer_config(cfg: TokenizeConfig) -> TokenizerConfig:
     return dataclasses.replace(cfg.tokenizer, dtype=_actor_dtype(cfg), storage_options=cfg.remote_options() or {})
 
 
+# What decides a row's contents besides the tokenizer (which the fingerprint covers): a resume with another
+# value would mix two kinds of rows in one dataset. Decoder threads and the seek strategy are left out: they
+# give the same frames.
+IDENTITY_DECODE_FIELDS = ("backend", "fps", "num_frames", "max_frames", "size", "max_file_bytes", "max_duration_s",
+                          "max_side", "max_source_frames")
+IDENTITY_SOURCE_FIELDS = ("clip_length_s", "clip_stride_s", "min_clip_s", "caption_column")
+
+
+def dataset_identity(source: SourceConfig, decode: DecodeConfig) -> dict[str, Any]:
+    """The settings a dataset is bound to, as "section.key" -> value (stored in run.json and every shard)."""
+    identity: dict[str, Any] = {f"decode.{name}": getattr(decode, name) for name in IDENTITY_DECODE_FIELDS}
+    if identity["decode.backend"] == "auto":
+        identity["decode.backend"] = "pyav"  # what auto means, so an explicit pyav resumes an auto dataset
+    identity["decode.sampling_policy"] = SAMPLING_POLICY
+    identity |= {f"source.{name}": getattr(source, name) for name in IDENTITY_SOURCE_FIELDS}
+    return identity
+
+
 def plan_shards(items: list[ClipItem], rows_per_shard: int) -> list[list[ClipItem]]:
     return [items[i : i + rows_per_shard] for i in range(0, len(items), rows_per_shard)]
 
@@ -180,8 +217,10 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     opts = cfg.remote_options()
     # Fail on a missing bucket, a wrong endpoint or refused credentials before any work starts.
     check_readable(cfg.input, opts)
+    check_output(cfg.output, [cfg.input], cfg.format, cfg.source.recursive, opts)
     check_writable(cfg.output, opts)
-    items = list_clips(cfg.input, cfg.source, opts)
+    listing = list_inputs(cfg.input, cfg.source, opts)
+    items = listing.items
     if cfg.source.clip_length_s is not None:
         items = _split_long_videos(items, cfg.source, opts)
     stats.listing_s = time.perf_counter() - t0
@@ -190,6 +229,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     # model (that was ~3.8 s before the first decode task could start).
     spec = TokenizerSpec.load(actor_cfg, actor_cfg.dtype)
     decode_cfg = dataclasses.replace(cfg.decode, size=spec.image_size)
+    identity = dataset_identity(cfg.source, decode_cfg)
     tokenizer_desc = spec.describe()
     fingerprint = spec.fingerprint()
     grid = spec.num_key_tokens
@@ -206,17 +246,13 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         "vtok_version": __version__,
         "num_shards": len(shards),
         "num_inputs": len(items),
+        "identity": identity,
     }
     bind_run(cfg.output, run, opts)
     done = committed(cfg.output, opts)
-    for index, record in done.items():
-        if index >= len(shards) or record.inputs_sha256 != inputs_digest([i.sample_key for i in shards[index]]):
-            raise RuntimeError(
-                f"output {cfg.output}: committed shard {index} was made from a different input listing; "
-                f"write to a new output or pass sink.mode=overwrite"
-            )
+    check_committed_inputs(cfg.output, done, [[i.sample_key for i in shard] for shard in shards])
     todo = [i for i in range(len(shards)) if i not in done]
-    metadata = shard_metadata(fingerprint, tokenizer_desc, __version__)
+    metadata = shard_metadata(fingerprint, tokenizer_desc, __version__, identity)
 
     rows = [item.to_row() | {"shard": index} for index in todo for item in shards[index]]
     written = 0
@@ -294,9 +330,34 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         mean_frame_tokens_per_clip=frame_mean * grid,
         wall_time_s=wall,
         videos_per_s=len(rows) / wall if wall > 0 else 0.0,
+        skipped=listing.skipped,
+        skipped_examples=listing.skipped_examples,
         manifest=manifest,
         stats=stats,
     )
+
+
+def check_quarantine(summary: TokenizeSummary, max_fraction: float | None = None) -> None:
+    """Fail a finished run whose every input was quarantined, or more than `max_fraction` of them.
+
+    Counted over the whole dataset (a resumed run answers for what the dataset holds). The shards stay
+    committed: the error says what to look at, it does not undo the run.
+    """
+    total = summary.clips_out + summary.quarantined
+    if total == 0:
+        return
+    fraction = summary.quarantined / total
+    reasons = _counts_text(summary.errors)
+    if summary.clips_out == 0:
+        raise DataQualityError(
+            f"output {summary.output}: every one of the {total} inputs was quarantined ({reasons}); "
+            f"no tokens were written (see {summary.output}/quarantine and the report)"
+        )
+    if max_fraction is not None and fraction > max_fraction:
+        raise DataQualityError(
+            f"output {summary.output}: {summary.quarantined} of {total} inputs quarantined ({fraction:.1%}, {reasons}), "
+            f"above --max-quarantined-fraction {max_fraction:g}; the committed shards are kept"
+        )
 
 
 def _split_long_videos(
@@ -318,12 +379,15 @@ def _split_long_videos(
                 out.append(-1.0)
         return {"index": batch["index"], "duration_s": np.array(out, dtype=np.float64)}
 
-    rows = [item.to_row() | {"index": i} for i, item in enumerate(items)]
-    ds = ray.data.from_items(rows).map_batches(durations, batch_size=16, batch_format="numpy")
-    found = {int(r["index"]): float(r["duration_s"]) for r in ds.iter_rows()}
+    # Bad manifest rows are quarantined as they are: nothing to probe.
+    rows = [item.to_row() | {"index": i} for i, item in enumerate(items) if not item.error_reason]
+    found: dict[int, float] = {}
+    if rows:
+        ds = ray.data.from_items(rows).map_batches(durations, batch_size=16, batch_format="numpy")
+        found = {int(r["index"]): float(r["duration_s"]) for r in ds.iter_rows()}
     clips: list[ClipItem] = []
     for i, item in enumerate(items):
-        clips += [item] if found[i] < 0 else split_into_clips(item, found[i], cfg)
+        clips += [item] if found.get(i, -1.0) < 0 else split_into_clips(item, found[i], cfg)
     clips.sort(key=lambda c: c.sample_key)
     return clips[: cfg.limit] if cfg.limit else clips
 

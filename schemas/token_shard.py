@@ -20,6 +20,9 @@ META_SCHEMA_VERSION = b"vtok.schema_version"
 META_FINGERPRINT = b"vtok.tokenizer_fingerprint"
 META_TOKENIZER = b"vtok.tokenizer_config"
 META_VTOK_VERSION = b"vtok.version"
+META_IDENTITY = b"vtok.dataset_identity"
+"""JSON of the settings that decide what a row contains beyond the tokenizer (frame sampling, clip splitting,
+resize, limits): shards of one dataset all carry the same."""
 
 
 def tensor_type(ndim: int, value_type: pa.DataType = pa.float32()) -> pa.DataType:
@@ -66,13 +69,39 @@ def token_schema(optional: Sequence[str] = ()) -> pa.Schema:
     return pa.schema(fields)
 
 
-def shard_metadata(fingerprint: str, tokenizer_config: dict[str, Any], vtok_version: str) -> dict[bytes, bytes]:
-    return {
+def shard_metadata(
+    fingerprint: str, tokenizer_config: dict[str, Any], vtok_version: str, identity: dict[str, Any] | None = None
+) -> dict[bytes, bytes]:
+    meta = {
         META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),
         META_FINGERPRINT: fingerprint.encode(),
         META_TOKENIZER: json.dumps(tokenizer_config, sort_keys=True, default=str).encode(),
         META_VTOK_VERSION: vtok_version.encode(),
     }
+    if identity is not None:
+        meta[META_IDENTITY] = identity_json(identity).encode()
+    return meta
+
+
+def identity_json(identity: dict[str, Any]) -> str:
+    """The canonical text of a dataset identity: what shard metadata stores and identity_digest hashes."""
+    return json.dumps(identity, sort_keys=True, default=str)
+
+
+def identity_digest(identity: dict[str, Any]) -> str:
+    """sha256 of the canonical identity (what each WebDataset sample's .json carries)."""
+    import hashlib
+
+    return hashlib.sha256(identity_json(identity).encode()).hexdigest()
+
+
+def identity_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """"key: expected X, found Y" for every setting on which two identities disagree."""
+    return [
+        f"{key}: {expected.get(key, '(unset)')!r} vs {found.get(key, '(unset)')!r}"
+        for key in sorted(set(expected) | set(found))
+        if expected.get(key) != found.get(key)
+    ]
 
 
 def tensors_to_arrow(arrays: Sequence[np.ndarray], ndim: int, value_type: pa.DataType = pa.float32()) -> pa.Array:
@@ -132,10 +161,22 @@ def column_to_tensors(column: pa.ChunkedArray | pa.Array, ndim: int, dtype: type
     return out
 
 
-def validate_table(table: pa.Table, expected_fingerprint: str | None = None) -> list[str]:
+def validate_table(
+    table: pa.Table, expected_fingerprint: str | None = None, expected_identity: dict[str, Any] | None = None
+) -> list[str]:
     """Every way `table` breaks schema v1, as readable sentences; empty when valid."""
     problems: list[str] = []
     meta = table.schema.metadata or {}
+    if expected_identity is not None:
+        try:
+            identity = json.loads(meta[META_IDENTITY]) if META_IDENTITY in meta else None
+        except json.JSONDecodeError:
+            identity = None
+        if identity is None:
+            problems.append("dataset identity (frame sampling, clip splitting, resize) missing from file metadata")
+        elif identity != expected_identity:
+            problems.append("made with other settings than the dataset: "
+                            + "; ".join(identity_differences(expected_identity, identity)))
     version = meta.get(META_SCHEMA_VERSION, b"").decode()
     if version != SCHEMA_VERSION:
         problems.append(f"schema version is {version or 'missing'!r}, expected {SCHEMA_VERSION!r}")

@@ -78,9 +78,20 @@ def iter_tar(fileobj: IO[bytes]) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def validate_samples(samples: list[dict[str, Any]], grid: int | None, stride: int | None) -> list[str]:
-    """Schema problems of decoded samples, as sentences."""
+IDENTITY_FIELD = "dataset_identity_sha256"
+"""The .json field naming the dataset identity (schemas.token_shard.identity_digest) a sample was made with."""
+
+
+def validate_samples(
+    samples: list[dict[str, Any]], grid: int | None, stride: int | None, identity_sha256: str | None = None
+) -> list[str]:
+    """Schema problems of decoded samples, as sentences; `identity_sha256`: the digest every sample must carry."""
     problems = []
+    if identity_sha256 is not None:
+        other = sorted({str(s.get(IDENTITY_FIELD)) for s in samples} - {identity_sha256})
+        if other:
+            problems.append(f"samples made with other settings than the dataset (identity {', '.join(o[:12] for o in other)}"
+                            f" vs {identity_sha256[:12]})")
     for s in samples:
         key = s["sample_key"]
         for column in ("key_tokens", "residual_features", "source_uri", "frame_indices"):

@@ -130,7 +130,7 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
     """Check every shard against the schema and the manifest. Returns (problems, counts)."""
     import hashlib
 
-    from schemas.token_shard import validate_table
+    from schemas.token_shard import identity_digest, validate_table
     from schemas.webdataset import iter_tar, validate_samples
 
     problems: list[str] = []
@@ -143,6 +143,10 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
     stride = manifest.get("tokenizer", {}).get("residual_stride")
     if manifest.get("schema_version") != "1":
         problems.append(f"manifest schema version {manifest.get('schema_version')!r} is not '1'")
+    identity = manifest.get("identity")
+    if identity is None:
+        problems.append("manifest records no dataset identity (the frame sampling, clip splitting and resize the "
+                        "rows were made with): made by an older vtok; re-tokenize to check it")
     if not manifest.get("complete", False):
         problems.append(f"dataset incomplete: {len(manifest['shards'])} shard(s) committed of "
                         f"{manifest.get('num_shards_planned')} planned; rerun the same command to finish it")
@@ -175,7 +179,8 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
         if name.endswith(".tar"):
             samples = list(iter_tar(io.BytesIO(data)))
             rows = len(samples)
-            shard_problems = validate_samples(samples, grid, stride)
+            shard_problems = validate_samples(samples, grid, stride,
+                                              identity_digest(identity) if identity is not None else None)
             prints = {s.get("tokenizer_fingerprint") for s in samples}
             if prints - {fingerprint}:
                 shard_problems.append(f"tokenizer fingerprint(s) {sorted(p[:12] for p in prints if p)} differ "
@@ -183,7 +188,7 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
         else:
             table = pq.read_table(io.BytesIO(data))
             rows = table.num_rows
-            shard_problems = validate_table(table, expected_fingerprint=fingerprint)
+            shard_problems = validate_table(table, expected_fingerprint=fingerprint, expected_identity=identity)
         problems += [f"{name}: {p}" for p in shard_problems]
         if rows != entry["rows"]:
             problems.append(f"{name}: {rows} rows, the manifest says {entry['rows']}")

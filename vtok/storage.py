@@ -12,6 +12,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from vtok.errors import EXIT_STORAGE, VtokError
+
 
 def is_local(uri: str) -> bool:
     """True for a plain path or a file:// URI."""
@@ -22,8 +24,10 @@ def strip_file_scheme(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
-class StorageError(RuntimeError):
-    """A URI that cannot be used: missing bucket, unreachable endpoint, refused credentials."""
+class StorageError(VtokError, RuntimeError):
+    """A URI that cannot be used: missing bucket, unreachable endpoint, refused credentials, read-only."""
+
+    exit_code = EXIT_STORAGE
 
 
 # Retries for object stores: 503 SlowDown, throttling and dropped connections back off and retry.
@@ -106,13 +110,37 @@ def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> N
     """Fail now, naming `uri`, if a small object cannot be written (and deleted) under it."""
     try:
         fs, path = _fast_fail_fs(uri, storage_options)
-        probe = f"{path.rstrip('/')}/_vtok/.write-probe"
+        # Beside vtok's names, not inside _vtok/: a probe left by a run killed here must not make a
+        # foreign folder look like a vtok dataset, nor a fresh one look foreign.
+        probe = f"{path.rstrip('/')}/.vtok-write-probe-{os.getpid()}"
         if is_local(uri):
-            os.makedirs(os.path.dirname(probe), exist_ok=True)
+            os.makedirs(path, exist_ok=True)
         fs.pipe_file(probe, b"ok")
         fs.rm_file(probe)
     except Exception as err:  # noqa: BLE001 - every backend raises its own types
         raise StorageError(_explain(uri, err)) from err
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask can only be read by setting it, which races
+    with threads creating files at that moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give a temporary file or folder (mkstemp/mkdtemp make them 0600/0700) the mode that open() or mkdir
+    would have, so a dataset renamed into place is readable by whoever the umask lets read it."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~current_umask())
 
 
 def join(base: str, *parts: str) -> str:
@@ -161,6 +189,7 @@ def localize_dir(uri: str, storage_options: dict[str, Any] | None = None) -> Pat
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    honour_umask(staging)
     try:
         for remote in files:
             rel = remote[len(root.rstrip("/")) + 1 :]

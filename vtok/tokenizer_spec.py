@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtok.storage import cache_root, is_local, localize_dir, strip_file_scheme
+from vtok.storage import cache_root, honour_umask, is_local, localize_dir, strip_file_scheme
 
 # CLIP's normalisation, used when a model directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -240,6 +240,7 @@ def ensure_tiny_clip() -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    honour_umask(staging)
     save_tiny_vision_model(staging, "clip", seed=0)
     try:
         staging.rename(target)

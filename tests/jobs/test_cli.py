@@ -66,5 +66,5 @@ def test_synth_tokenize_inspect(ray_local, tmp_path: Path, capsys: pytest.Captur
 
 
 def test_inspect_of_a_missing_dataset_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(tmp_path / "nothing")]) == 1
+    assert main(["inspect", str(tmp_path / "nothing")]) == 2
     assert "no manifest.json" in capsys.readouterr().err

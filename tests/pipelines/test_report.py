@@ -103,7 +103,7 @@ def test_html_is_self_contained_with_the_charts(first_run) -> None:
     assert "<script" not in html and "src=" not in html and "href=" not in html
 
 
-def test_rerun_reports_the_dataset_and_an_empty_run(first_run, with_errors: Path, tmp_path: Path) -> None:
+def test_rerun_with_nothing_to_do_keeps_the_working_run(first_run, with_errors: Path, tmp_path: Path) -> None:
     import shutil
 
     # A copy, so the other tests keep the first run's report.
@@ -113,9 +113,11 @@ def test_rerun_reports_the_dataset_and_an_empty_run(first_run, with_errors: Path
     run(cfg, progress=False)
     report = read_report(str(out / "report.json"))
     c = report["counts"]
-    assert c["clips_out"] == 3 and c["quarantined"] == 2 and c["clips_this_run"] == 0 and c["shards_skipped"] == 3
+    # Dataset-wide counts are current; the charted run is the first one, which did the work.
+    assert c["clips_out"] == 3 and c["quarantined"] == 2 and c["clips_this_run"] == 5 and c["shards_written"] == 3
+    assert [r["clips"] for r in report["runs"]] == [5, 0] and report["shown_run"] == 0
     assert report["errors"]["by_reason"] == {"not_a_video": 1, "zero_bytes": 1}
-    assert "no clips were tokenized in this run" in (out / "report.html").read_text()
+    assert "no clips were tokenized in this run" not in (out / "report.html").read_text()
 
 
 def test_vtok_report_prints_a_summary(first_run, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -126,7 +128,7 @@ def test_vtok_report_prints_a_summary(first_run, capsys: pytest.CaptureFixture[s
     assert "errors             not_a_video 1, zero_bytes 1" in text
     assert "VTok S+R mean 23.0; frame sampling T*S mean 128.0; 5.6x fewer" in text
     assert "decode CPUs keep one encoder busy" in text
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "no report.json" in capsys.readouterr().err
 
 
