@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import logging
 import os
 import shlex
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from jobs.config import ConfigError
+from jobs.registry import commands, parser_for
 
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -53,7 +52,6 @@ WORKING_DIR_EXCLUDES = [
     ".ipynb_checkpoints/",
 ]
 """gitignore-style patterns left out of the uploaded working_dir (Ray caps it at a few hundred MiB)."""
-NOT_SUBMITTABLE = ("submit", "jobs")
 DEFAULT_PYTHON = "python"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -89,22 +87,6 @@ def project_dir() -> Path:
     return root
 
 
-def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    from jobs.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _config_loader(job: str) -> Any | None:
-    """jobs.<job>.load_<job>_config, the convention every config-driven job follows (None if absent)."""
-    if importlib.util.find_spec(f"jobs.{job}") is None:
-        return None
-    return getattr(importlib.import_module(f"jobs.{job}"), f"load_{job}_config", None)
-
-
 def _relocate_config_file(args: list[str], working_dir: Path) -> tuple[list[str], str | None]:
     """--config FILE: validated here from the local path, run there relative to the working_dir."""
     out = list(args)
@@ -136,18 +118,17 @@ def validate_job_args(job: str, args: list[str], working_dir: Path) -> list[str]
     naming the key. A job with a `ray.address` setting left unset gets `ray.address=auto`: a
     submitted job runs on the cluster it was submitted to, never on a private local Ray.
     """
-    commands = _subcommands()
-    if job in NOT_SUBMITTABLE or job not in commands:
-        choices = ", ".join(sorted(c for c in commands if c not in NOT_SUBMITTABLE))
-        raise ConfigError(f"unknown job {job!r}; submittable vtok jobs: {choices}")
+    submittable = {name: c for name, c in commands().items() if c.submittable}
+    if job not in submittable:
+        raise ConfigError(f"unknown job {job!r}; submittable vtok jobs: {', '.join(sorted(submittable))}")
+    command = submittable[job]
     args, config_file = _relocate_config_file(args, working_dir)
     # argparse reports its own errors (and exits 2) exactly as `vtok JOB ...` would on the cluster.
-    namespace = commands[job].parse_args(args)
-    loader = _config_loader(job)
+    namespace = parser_for(command).parse_args(args)
     overrides = getattr(namespace, "overrides", None)
-    if loader is None or overrides is None:
+    if command.load_config is None or overrides is None:
         return args
-    cfg = loader(list(overrides), config_file)
+    cfg = command.load_config(list(overrides), config_file)
     for key in ("input", "output"):
         value = getattr(cfg, key, None)
         if isinstance(value, str) and "://" not in value and not value.startswith("/"):
@@ -424,12 +405,8 @@ def _address_option(p: argparse.ArgumentParser) -> None:
                         "http://127.0.0.1:8265)")
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register `vtok submit` and `vtok jobs ...` on the `vtok` parser."""
-    p = sub.add_parser(
-        "submit", help="run a vtok job on a Ray cluster: vtok submit [--follow] JOB key=value ...",
-        description="Submit `python -m jobs.cli JOB ARGS` as a Ray job, with this project as its working_dir.",
-    )
+def submit_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vtok submit`."""
     _address_option(p)
     p.add_argument("--follow", action="store_true", help="stream the logs until the job ends; exit 1 if it failed")
     p.add_argument("--forward-credentials", action="store_true",
@@ -440,9 +417,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--python", default=DEFAULT_PYTHON, help="python on the cluster nodes (default: python)")
     p.add_argument("job", help="the vtok job to run, e.g. tokenize")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the job's arguments, e.g. input=s3://... output=s3://...")
-    p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="status, logs, stop and list of submitted jobs")
+
+def jobs_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vtok jobs status|logs|stop|list`."""
     jobs = p.add_subparsers(dest="jobs_command", required=True)
     for name, func, help_text in (
         ("status", _jobs_status, "status, timing and settings of a job"),
@@ -458,4 +436,4 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--follow", action="store_true")
         if name == "stop":
             q.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job to stop")
-        q.set_defaults(func=cmd_jobs, jobs_func=func)
+        q.set_defaults(jobs_func=func)

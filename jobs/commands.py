@@ -1,0 +1,186 @@
+"""Every `vtok` subcommand, registered once: what it takes and what it runs (heavy imports inside each run)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from jobs.registry import Command, register
+from vtok.errors import EXIT_DATA
+
+DEMO_DEFAULT_OUT = "demo_out"
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from jobs.tokenize import load_tokenize_config, run
+    from pipelines.tokenize import check_quarantine
+
+    cfg = load_tokenize_config(args.overrides, args.config)
+    summary = run(cfg, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    check_quarantine(summary, args.max_quarantined_fraction)
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vtok.shapes import ShapesConfig, write_corpus
+
+    cfg = ShapesConfig(width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps)
+    t0 = time.perf_counter()
+    manifest = write_corpus(args.out, args.num_videos, seed=args.seed, cfg=cfg, static_every=args.static_every)
+    print(f"wrote {args.num_videos} videos and {manifest} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from vtok.dataset import describe
+
+    d = describe(args.uri)
+    grid, stride = d["tokenizer"].get("grid", 0), d["tokenizer"].get("residual_stride", 1)
+    counts = {int(t): n for t, n in d["frame_counts"].items()} or {0: 0}
+    clips = max(1, sum(counts.values()))
+    r_mean = sum(len(range(stride, t, stride)) * n for t, n in counts.items()) / clips
+    t_mean = sum(t * n for t, n in counts.items()) / clips
+    print(f"dataset          {args.uri}")
+    print(f"format           {d['format']}")
+    print(f"schema version   {d['schema_version']}")
+    print(f"fingerprint      {d['fingerprint']}")
+    print(f"shards           {d['shards']}")
+    print(f"rows             {d['rows']}")
+    print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={d['tokenizer'].get('hidden_size')})")
+    print(f"residual R       mean {r_mean:.1f} (T from {min(counts)} to {max(counts)} frames, stride {stride})")
+    print(f"tokens per clip  VTok S+R = {grid * grid + r_mean:.1f}; frame sampling T*S = {grid * grid * t_mean:.1f}")
+    if "quarantined" in d:
+        print(f"quarantined      {d['quarantined']} {d['errors'] or ''}".rstrip())
+        print(f"complete         {d['complete']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from vtok.dataset import validate_dataset
+
+    problems, counts = validate_dataset(args.uri)
+    if problems:
+        print(f"{args.uri}: INVALID, {len(problems)} problem(s):")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.uri}: valid: {counts['shards']} shards, {counts['rows']} rows, {counts['quarantined']} quarantined, "
+          f"fingerprint {counts['fingerprint'][:16]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.tokenize import load_tokenize_config, run
+    from vtok.shapes import write_corpus
+
+    out = Path(args.out).resolve()
+    corpus = out / "corpus"
+    tokens = out / "tokens"
+    t0 = time.perf_counter()
+    manifest = write_corpus(str(corpus), args.num_videos, seed=args.seed, static_every=8)
+    print(f"[demo] synthesised {args.num_videos} shapes-world videos into {corpus} ({time.perf_counter() - t0:.1f} s)")
+    cfg = load_tokenize_config([f"input={manifest}", f"output={tokens}", "sink.mode=overwrite", *args.overrides])
+    summary = run(cfg, progress=not args.no_progress)
+    print("[demo] tokenize summary")
+    print("\n".join("  " + line for line in summary.lines()))
+    print(f"[demo] token shards are in {tokens}/shards; inspect them with: vtok inspect {tokens}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import format_report, read_report
+
+    print("\n".join(format_report(read_report(args.uri))))
+    return 0
+
+
+def _overrides(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("overrides", nargs="*", help=f"config overrides as key=value (see jobs/configs/{what}.yaml)")
+
+
+def tokenize_arguments(p: argparse.ArgumentParser) -> None:
+    _overrides(p, "tokenize")
+    p.add_argument("--config", help="YAML config file (default: the shipped tokenize.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--max-quarantined-fraction", type=_fraction, default=None, metavar="F",
+                   help=f"exit {EXIT_DATA} if more than this fraction of the inputs is quarantined (a run whose "
+                        f"every input is quarantined always exits {EXIT_DATA})")
+
+
+def synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out")
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--static-every", type=int, default=0, help="make every k-th video fully static")
+
+
+def uri_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", help="dataset folder/URI (or one shard / report.json)")
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="tokenize config overrides as key=value")
+    p.add_argument("--out", default=DEMO_DEFAULT_OUT)
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _load_tokenize(overrides: list[str], config_file: str | None) -> object:
+    from jobs.tokenize import load_tokenize_config
+
+    return load_tokenize_config(overrides, config_file)
+
+
+def _submit_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.submit import submit_arguments
+
+    submit_arguments(p)
+
+
+def _jobs_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.submit import jobs_arguments
+
+    jobs_arguments(p)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import cmd_submit
+
+    return cmd_submit(args)
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    from jobs.submit import cmd_jobs
+
+    return cmd_jobs(args)
+
+
+register(Command("tokenize", "tokenize videos into token shards: vtok tokenize input=URI output=URI ...",
+                 tokenize_arguments, cmd_tokenize, load_config=_load_tokenize))
+register(Command("synth", "write a shapes-world corpus: vtok synth OUT --num-videos N --seed S",
+                 synth_arguments, cmd_synth))
+register(Command("inspect", "schema version, fingerprint, rows and tokens per clip of a dataset or shard",
+                 uri_argument, cmd_inspect))
+register(Command("validate", "check every shard against the schema and the manifest", uri_argument, cmd_validate))
+register(Command("demo", "synthesise a corpus and tokenize it with the local defaults", demo_arguments, cmd_demo,
+                 submittable=False))
+register(Command("report", "summary of a dataset's run report (report.json; report.html has charts)",
+                 uri_argument, cmd_report))
+register(Command("submit", "run a vtok job on a Ray cluster: vtok submit [--follow] JOB key=value ...",
+                 _submit_arguments, _run_submit, submittable=False))
+register(Command("jobs", "status, logs, stop and list of submitted jobs", _jobs_arguments, _run_jobs,
+                 submittable=False))
