@@ -242,7 +242,7 @@ def read_videos_pipeline(cfg: Any, out: Path, batch_frames: int = 128) -> int:
 
 
 def _encoder_config(tokenizer_cfg: Any) -> Path:
-    from vtok.tokenizer import ensure_tiny_clip
+    from vtok.vision_models import ensure_tiny_clip
 
     return Path(tokenizer_cfg.encoder or ensure_tiny_clip()) / "config.json"
 
@@ -433,7 +433,7 @@ def main() -> None:
     num_videos = args.videos or (4 if args.quick else CORPORA[kind]["videos"])
     repeats = args.repeats or (1 if args.quick else 3)
 
-    from vtok.tokenizer import ensure_tiny_clip
+    from vtok.vision_models import ensure_tiny_clip
 
     manifest = corpus_manifest(kind, num_videos)
     ensure_tiny_clip()  # saved once, outside any timed region

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import log, parser, table, write_results
+from schemas.tokens import frame_sampling_tokens, num_residuals, vtok_tokens
 
 T_VALUES = (16, 32, 64)
 CLIP_L_336 = {"name": "CLIP ViT-L/14-336", "hidden": 1024}
@@ -30,8 +31,8 @@ CLIP_L_336 = {"name": "CLIP ViT-L/14-336", "hidden": 1024}
 def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024) -> dict[str, Any]:
     """Token counts and raw bytes of one clip of t sampled frames."""
     s = grid * grid
-    r = len(range(stride, t, stride))
-    vtok, frames = s + r, t * s
+    r = num_residuals(t, stride)
+    vtok, frames = vtok_tokens(t, grid, stride), frame_sampling_tokens(t, grid)
     return {
         "T": t,
         "S": s,
@@ -149,7 +150,8 @@ def main() -> None:
     num_clips = args.clips or (4 if args.quick else 32)
 
     from bench.pipeline import make_corpus
-    from vtok.tokenizer import TokenizerConfig, VTokTokenizer
+    from vtok.tokenizer import VTokTokenizer
+    from vtok.tokenizer_spec import TokenizerConfig
 
     # 128x128 shapes-world videos of 64 frames: every T up to 64 samples distinct frames.
     manifest = make_corpus(num_clips, 128, 128, max(T_VALUES), 8.0)

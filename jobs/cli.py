@@ -47,14 +47,15 @@ def setup_logging(json_format: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs.registry import commands
+    from jobs.registry import commands, keys_epilog
 
     parser = argparse.ArgumentParser(prog="vtok", description="VTok video tokens at cluster scale")
     parser.add_argument("--log-json", action="store_true", help="log lines as JSON objects")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in commands().values():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=keys_epilog(command),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         command.arguments(p)
         p.set_defaults(func=command.run)
     return parser

@@ -41,14 +41,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from schemas.tokens import mean_counts
     from vtok.dataset import describe
 
     d = describe(args.uri)
     grid, stride = d["tokenizer"].get("grid", 0), d["tokenizer"].get("residual_stride", 1)
     counts = {int(t): n for t, n in d["frame_counts"].items()} or {0: 0}
-    clips = max(1, sum(counts.values()))
-    r_mean = sum(len(range(stride, t, stride)) * n for t, n in counts.items()) / clips
-    t_mean = sum(t * n for t, n in counts.items()) / clips
+    r_mean, t_mean = mean_counts(counts, stride)
     print(f"dataset          {args.uri}")
     print(f"format           {d['format']}")
     print(f"schema version   {d['schema_version']}")
@@ -169,8 +168,40 @@ def _run_jobs(args: argparse.Namespace) -> int:
     return cmd_jobs(args)
 
 
+def _reserved_tokenize_keys() -> dict[str, str]:
+    from jobs.tokenize import RESERVED_KEYS
+
+    return RESERVED_KEYS
+
+
+def _tokenize_schema() -> type:
+    from jobs.tokenize import TokenizeJobConfig
+
+    return TokenizeJobConfig
+
+
+def config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="a config-driven job, e.g. tokenize")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every key of a job's config with its default and docstring."""
+    from jobs.config import ConfigError, config_keys, format_keys
+    from jobs.registry import commands
+
+    configurable = {n: c for n, c in commands().items() if c.config_schema is not None}
+    if args.job not in configurable:
+        raise ConfigError(f"no config for {args.job!r}; config-driven jobs: {', '.join(sorted(configurable))}")
+    command = configurable[args.job]
+    print(format_keys(config_keys(command.config_schema, hidden=command.hidden_keys)))
+    return 0
+
+
 register(Command("tokenize", "tokenize videos into token shards: vtok tokenize input=URI output=URI ...",
-                 tokenize_arguments, cmd_tokenize, load_config=_load_tokenize))
+                 tokenize_arguments, cmd_tokenize, load_config=_load_tokenize, config_schema=_tokenize_schema(),
+                 hidden_keys=frozenset(_reserved_tokenize_keys())))
+register(Command("config", "every key of a job's config, with its default and what it does: vtok config tokenize",
+                 config_arguments, cmd_config, submittable=False))
 register(Command("synth", "write a shapes-world corpus: vtok synth OUT --num-videos N --seed S",
                  synth_arguments, cmd_synth))
 register(Command("inspect", "schema version, fingerprint, rows and tokens per clip of a dataset or shard",

@@ -29,6 +29,10 @@ class Command:
     """(key=value overrides, --config file) -> the job's typed config, for a config-driven job."""
     submittable: bool = True
     """Whether `vtok submit` may run it on a cluster."""
+    config_schema: type | None = None
+    """The job's config dataclass, whose keys `vtok config NAME` and `vtok NAME --help` list."""
+    hidden_keys: frozenset[str] = frozenset()
+    """Config keys the job sets itself, not listed."""
 
 
 _COMMANDS: dict[str, Command] = {}
@@ -50,6 +54,17 @@ def commands() -> dict[str, Command]:
 
 def parser_for(command: Command, prog: str = "vtok") -> argparse.ArgumentParser:
     """A parser of one subcommand alone, as `vtok NAME` parses it."""
-    parser = argparse.ArgumentParser(prog=f"{prog} {command.name}", description=command.help)
+    parser = argparse.ArgumentParser(prog=f"{prog} {command.name}", description=command.help,
+                                     epilog=keys_epilog(command), formatter_class=argparse.RawDescriptionHelpFormatter)
     command.arguments(parser)
     return parser
+
+
+def keys_epilog(command: Command) -> str | None:
+    """Every config key with its default and docstring, for a config-driven command's --help."""
+    if command.config_schema is None:
+        return None
+    from jobs.config import config_keys, format_keys
+
+    keys = config_keys(command.config_schema, hidden=command.hidden_keys)
+    return f"config keys (set any as key=value):\n{format_keys(keys)}"

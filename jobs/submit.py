@@ -33,14 +33,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 from jobs.config import ConfigError
 from jobs.registry import commands, parser_for
+from vtok.secrets import CREDENTIAL_VARS, is_secret_name, mask_text
 
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
 logger = logging.getLogger(__name__)
 
-CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-"""Sent by reference (`${NAME}`, expanded on the node) unless --forward-credentials."""
 PASSED_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 """Non-secret settings the job needs to reach the same storage; sent by value."""
 PASSED_PREFIXES = ("VTOK_",)
@@ -181,25 +180,9 @@ def _is_reference(value: str) -> bool:
     return value.startswith("${") and value.endswith("}")
 
 
-def _secret_name(name: str) -> bool:
-    from pipelines.report import looks_secret
-
-    return name in CREDENTIAL_VARS or looks_secret(name)
-
-
 def safe_env(env_vars: dict[str, str]) -> dict[str, str]:
     """env_vars fit to print: secret values masked, `${NAME}` references shown as they are."""
-    return {k: (v if _is_reference(v) or not _secret_name(k) else "***") for k, v in env_vars.items()}
-
-
-def _local_secrets() -> list[str]:
-    return [v for name in CREDENTIAL_VARS if len(v := os.environ.get(name, "")) >= 8]
-
-
-def mask_secrets(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+    return {k: (v if _is_reference(v) or not is_secret_name(k) else "***") for k, v in env_vars.items()}
 
 
 def prepare_submission(
@@ -260,7 +243,7 @@ def submit(client: JobSubmissionClient, submission: Submission) -> str:
             entrypoint=submission.entrypoint, runtime_env=submission.runtime_env, metadata=submission.metadata
         )
     except Exception as err:  # noqa: BLE001 - the Job API reports refusals as RuntimeError with HTTP text
-        raise SubmitError(f"the cluster refused the job: {mask_secrets(str(err), _local_secrets())}") from None
+        raise SubmitError(f"the cluster refused the job: {mask_text(str(err))}") from None
 
 
 def wait(client: JobSubmissionClient, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0) -> JobStatus:
@@ -276,11 +259,10 @@ def wait(client: JobSubmissionClient, job_id: str, timeout_s: float = 3600.0, po
 def follow(client: JobSubmissionClient, job_id: str, out: IO[str] | None = None) -> JobStatus:
     """Stream the job's logs until it ends; returns its final status."""
     out = out or sys.stdout
-    secrets = _local_secrets()
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            out.write(mask_secrets(chunk, secrets))
+            out.write(mask_text(chunk))
             out.flush()
 
     asyncio.run(tail())
@@ -364,14 +346,14 @@ def _jobs_status(client: JobSubmissionClient, args: argparse.Namespace) -> int:
     ]
     if info.error_type:
         lines.insert(3, f"error type   {info.error_type}")
-    print("\n".join(mask_secrets(line, _local_secrets()) for line in lines))
+    print("\n".join(mask_text(line) for line in lines))
     return 0
 
 
 def _jobs_logs(client: JobSubmissionClient, args: argparse.Namespace) -> int:
     if args.follow:
         return _exit_code(follow(client, args.job_id))
-    print(mask_secrets(client.get_job_logs(args.job_id), _local_secrets()), end="")
+    print(mask_text(client.get_job_logs(args.job_id)), end="")
     return 0
 
 
@@ -395,7 +377,7 @@ def _jobs_list(client: JobSubmissionClient, args: argparse.Namespace) -> int:
         entry = j.entrypoint if len(j.entrypoint) <= 80 else j.entrypoint[:77] + "..."
         print(f"{j.submission_id:<30} {str(j.status):<10} {(j.metadata or {}).get('vtok_job', '-'):<10} "
               f"{_fmt_time(j.start_time):<19} {_duration(j.start_time, j.end_time):>9}  "
-              f"{mask_secrets(entry, _local_secrets())}")
+              f"{mask_text(entry)}")
     return 0
 
 

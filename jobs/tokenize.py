@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from jobs.config import default_config_path, load_config
-from pipelines.tokenize import TokenizeConfig, TokenizeSummary, run_tokenize
+from pipelines.tokenize import TokenizeConfig, TokenizeSummary, preflight, run_tokenize
 
 
 @dataclass
@@ -44,11 +44,19 @@ def init_ray(cfg: RayConfig) -> None:
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
 
 
+RESERVED_KEYS = {
+    "decode.size": "the frame size is the encoder's input size (tokenizer.encoder decides it)",
+    "tokenizer.storage_options": "the encoder is read with the job's storage_options / endpoint_url",
+}
+"""Keys the pipeline sets itself; `vtok config tokenize` does not list them."""
+
+
 def load_tokenize_config(overrides: list[str], config_file: str | None = None) -> TokenizeJobConfig:
-    return load_config(TokenizeJobConfig, config_file or default_config_path("tokenize"), overrides)
+    return load_config(TokenizeJobConfig, config_file or default_config_path("tokenize"), overrides, RESERVED_KEYS)
 
 
 def run(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeSummary:
+    preflight(cfg)  # a missing input fails now, not after Ray has started
     init_ray(cfg.ray)
     summary = run_tokenize(cfg, progress=progress)
     _write_report(summary, cfg)

@@ -9,11 +9,8 @@ credentials redacted: a report is meant to be shared.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
-import os
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,8 @@ import numpy as np
 
 from pipelines.manifest import read_json, write_bytes_atomic, write_json
 from schemas.layout import REPORT_FILE, REPORT_HTML
+from schemas.tokens import num_residuals
+from vtok.secrets import mask_text, redact
 from vtok.storage import get_fs, join
 
 if TYPE_CHECKING:
@@ -33,18 +32,6 @@ REPORT_VERSION = 2
 RUN_SECTIONS = ("time", "stages", "throughput", "sizing")
 RUN_TOKEN_FIELDS = ("vtok_per_clip", "frame_sampling_per_clip", "frames_per_clip", "vtok_total_this_run",
                     "frame_sampling_total_this_run", "histogram")
-REDACTED = "***redacted***"
-
-# Key-name segments that mark a secret. Matched per "_"-separated segment so that e.g.
-# tokenizer.frame_tokens is kept while aws_secret_access_key or session_token are not.
-_SECRET_SEGMENTS = {"key", "secret", "token", "password", "passwd", "pwd", "credential", "credentials",
-                    "auth", "authorization", "signature", "private", "cookie"}
-# Keys that contain a secret segment but are not secrets themselves.
-_NOT_SECRET_KEYS = {"key_tokens_per_clip", "key_frame"}
-_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-
 
 @dataclass
 class ReportPaths:
@@ -54,52 +41,6 @@ class ReportPaths:
     """URI of report.json."""
     html: str
     """URI of report.html."""
-
-
-def looks_secret(key: str) -> bool:
-    """True for a key name that holds a credential (aws_secret_access_key, session_token, password...)."""
-    name = key.lower()
-    if name in _NOT_SECRET_KEYS:
-        return False
-    return any(part in _SECRET_SEGMENTS for part in re.split(r"[_\-.]", name))
-
-
-def _redact_string(value: str) -> str:
-    out = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", value)
-    out = _AWS_KEY_ID.sub(REDACTED, out)
-    # A secret pasted into some unrelated field (an override typo, a URI) is still caught.
-    for name in _ENV_SECRETS:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 8 and secret in out:
-            out = out.replace(secret, REDACTED)
-    return out
-
-
-def redact(value: Any, in_storage_options: bool = False) -> Any:
-    """A copy of `value` safe to write into a shared report.
-
-    Values under credential-looking keys become REDACTED, as do URL userinfo, AWS key ids and the
-    values of this process's AWS credential variables wherever they appear. Under any
-    `storage_options` every non-empty value of a credential-looking key is dropped, nested dicts
-    (client_kwargs, config_kwargs) included.
-    """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            key = str(k)
-            nested_opts = in_storage_options or key.endswith("storage_options")
-            if looks_secret(key) and v not in (None, "", {}, []):
-                out[key] = REDACTED
-            else:
-                out[key] = redact(v, nested_opts)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [redact(v, in_storage_options) for v in value]
-    if isinstance(value, str):
-        return _redact_string(value)
-    return value
 
 
 def _dist(values: list[float]) -> dict[str, float]:
@@ -143,8 +84,8 @@ def _error_samples(
         for row in rows:
             bucket = samples.setdefault(row["reason"], [])
             if len(bucket) < per_reason:
-                bucket.append({"source_uri": _redact_string(row["source_uri"]),
-                               "message": _redact_string(row["message"])[:500]})
+                bucket.append({"source_uri": mask_text(row["source_uri"]),
+                               "message": mask_text(row["message"])[:500]})
     return dict(sorted(samples.items()))
 
 
@@ -152,14 +93,13 @@ def build_report(
     summary: TokenizeSummary, config: Any, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The report.json document for one tokenize run."""
-    from vtok.tokenizer import residual_positions
 
     stats = summary.stats
     manifest = summary.manifest
     grid_tokens = int(summary.key_tokens_per_clip)
     stride = int(manifest.get("tokenizer", {}).get("residual_stride", 1))
     frames = [int(t) for t in stats.frames_per_clip]
-    vtok_per_clip = [grid_tokens + len(residual_positions(t, stride)) for t in frames]
+    vtok_per_clip = [grid_tokens + num_residuals(t, stride) for t in frames]
     fs_per_clip = [grid_tokens * t for t in frames]
     clips_this_run = len(stats.decode_s)
     encoded = len(frames)
@@ -179,7 +119,7 @@ def build_report(
     return {
         "report_version": REPORT_VERSION,
         "generated_unix": time.time(),
-        "output": _redact_string(summary.output),
+        "output": mask_text(summary.output),
         "fingerprint": summary.fingerprint,
         "schema_version": manifest.get("schema_version"),
         "vtok_version": manifest.get("vtok_version"),
@@ -264,7 +204,7 @@ def build_report(
             "samples": _error_samples(summary.output, manifest, storage_options),
         },
         "skipped": {"by_label": dict(sorted(summary.skipped.items())),
-                    "examples": [_redact_string(u) for u in summary.skipped_examples]},
+                    "examples": [mask_text(u) for u in summary.skipped_examples]},
         "config": redact(config),
         "runs": [{
             "started_unix": stats.started_unix,

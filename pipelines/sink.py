@@ -67,7 +67,7 @@ class SinkConfig:
     compression: str = "zstd"
     """Parquet compression codec."""
     mode: str = "resume"
-    """"resume": skip committed shards and refuse a different tokenizer; "overwrite": delete the output first."""
+    """"resume": skip committed shards and refuse another dataset identity; "overwrite": delete vtok's files first."""
 
     def __post_init__(self) -> None:
         if self.rows_per_shard < 1:

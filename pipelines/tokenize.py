@@ -30,10 +30,11 @@ from pipelines.stages.decode import decode_batch
 from pipelines.stages.encode import EncodeConfig, EncodeStage
 from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
+from schemas.tokens import mean_counts
 from vtok import __version__
 from vtok.errors import DataQualityError
 from vtok.storage import check_readable, check_writable
-from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec, residual_positions
+from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec
 from vtok.video import DecodeConfig, DecodeError, probe
 
 SAMPLING_POLICY = "uniform-when-capped-v1"  # MOVE to vtok.video
@@ -208,6 +209,15 @@ def plan_shards(items: list[ClipItem], rows_per_shard: int) -> list[list[ClipIte
     return [items[i : i + rows_per_shard] for i in range(0, len(items), rows_per_shard)]
 
 
+def preflight(cfg: TokenizeConfig) -> None:
+    """Fail on a missing input, a missing bucket, a wrong endpoint, refused credentials or an output that would
+    collide with the input, before any work starts (jobs call it before starting Ray: it takes no Ray)."""
+    opts = cfg.remote_options()
+    check_readable(cfg.input, opts)
+    check_output(cfg.output, [cfg.input], cfg.format, cfg.source.recursive, opts)
+    check_writable(cfg.output, opts)
+
+
 def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     """Run the pipeline on the Ray instance this process is connected to (jobs/ calls ray.init)."""
     import ray
@@ -215,10 +225,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     t0 = time.perf_counter()
     stats = RunStats(started_unix=time.time())
     opts = cfg.remote_options()
-    # Fail on a missing bucket, a wrong endpoint or refused credentials before any work starts.
-    check_readable(cfg.input, opts)
-    check_output(cfg.output, [cfg.input], cfg.format, cfg.source.recursive, opts)
-    check_writable(cfg.output, opts)
+    preflight(cfg)
     listing = list_inputs(cfg.input, cfg.source, opts)
     items = listing.items
     if cfg.source.clip_length_s is not None:
@@ -394,10 +401,5 @@ def _split_long_videos(
 
 def _token_means(manifest: dict[str, Any]) -> tuple[float, float]:
     """Mean residual count R and mean frame count T over the dataset, from the manifest's frame counts."""
-    stride = manifest["tokenizer"]["residual_stride"]
     counts = {int(t): n for t, n in manifest["frame_counts"].items()}
-    clips = sum(counts.values())
-    if not clips:
-        return 0.0, 0.0
-    r = sum(len(residual_positions(t, stride)) * n for t, n in counts.items()) / clips
-    return r, sum(t * n for t, n in counts.items()) / clips
+    return mean_counts(counts, manifest["tokenizer"]["residual_stride"])

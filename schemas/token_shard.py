@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from schemas.tokens import num_residuals
+
 SCHEMA_VERSION = "1"
 
 META_SCHEMA_VERSION = b"vtok.schema_version"
@@ -223,7 +225,7 @@ def validate_table(
         if grid is not None and key[i].shape[0] != grid * grid:
             problems.append(f"{sample}: key_tokens has {key[i].shape[0]} tokens, expected S={grid * grid}")
         if stride:
-            expected_r = len(range(stride, frame_counts[i], stride))
+            expected_r = num_residuals(frame_counts[i], stride)
             if residual[i].shape[0] != expected_r:
                 problems.append(
                     f"{sample}: residual_features has {residual[i].shape[0]} rows, expected R={expected_r} "

@@ -79,14 +79,14 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir() -> Path:
-    from vtok.tokenizer import ensure_tiny_clip
+    from vtok.vision_models import ensure_tiny_clip
 
     return ensure_tiny_clip()
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vtok.tokenizer import save_tiny_vision_model
+    from vtok.vision_models import save_tiny_vision_model
 
     return save_tiny_vision_model(tmp_path_factory.mktemp("siglip"), "siglip", seed=1)
 

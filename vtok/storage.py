@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from vtok.errors import EXIT_STORAGE, VtokError
+from vtok.errors import EXIT_BAD_INPUT, EXIT_STORAGE, VtokError
 
 
 def is_local(uri: str) -> bool:
@@ -28,6 +28,12 @@ class StorageError(VtokError, RuntimeError):
     """A URI that cannot be used: missing bucket, unreachable endpoint, refused credentials, read-only."""
 
     exit_code = EXIT_STORAGE
+
+
+class NotFoundError(StorageError):
+    """A URI that names nothing (no such path, no such bucket): bad input, not a storage fault."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 # Retries for object stores: 503 SlowDown, throttling and dropped connections back off and retry.
@@ -101,9 +107,9 @@ def check_readable(uri: str, storage_options: dict[str, Any] | None = None) -> N
     except Exception as err:  # noqa: BLE001 - every backend raises its own types
         raise StorageError(_explain(uri, err)) from err
     if bucket_missing:
-        raise StorageError(f"{uri}: the bucket does not exist")
+        raise NotFoundError(f"{uri}: the bucket does not exist")
     if not exists:
-        raise StorageError(f"{uri}: does not exist")
+        raise NotFoundError(f"{uri}: does not exist")
 
 
 def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -12,7 +12,6 @@ Nothing here knows about Ray: the pipeline's encode stage wraps `VTokTokenizer`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtok.tokenizer_spec import (
-    CLIP_MEAN,
-    CLIP_STD,
-    TokenizerConfig,
-    TokenizerSpec,
-    ensure_tiny_clip,
-    residual_positions,
-)
-
-__all__ = ["ClipTokens", "GPhi", "TokenizerConfig", "TokenizerSpec", "VTokTokenizer", "ensure_tiny_clip", "pool_grid",
-           "residual_positions", "save_tiny_vision_model"]
+from schemas.tokens import residual_positions
+from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec
 
 
 @dataclass
@@ -215,25 +205,3 @@ class VTokTokenizer:
                 )
             )
         return out
-
-
-def save_tiny_vision_model(path: Path, kind: str = "clip", seed: int = 0, image_size: int = 64) -> Path:
-    """Build a tiny CLIP or SigLIP vision tower with seeded weights and save it the HF way."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
-
-    dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-    torch.manual_seed(seed)
-    if kind == "clip":
-        model = CLIPVisionModel(CLIPVisionConfig(image_size=image_size, patch_size=8, **dims))
-        mean, std = CLIP_MEAN, CLIP_STD
-    elif kind == "siglip":
-        model = SiglipVisionModel(SiglipVisionConfig(image_size=image_size, patch_size=8, **dims))
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    else:
-        raise ValueError(f"unknown tiny model kind {kind!r}: use clip or siglip")
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": list(mean), "image_std": list(std), "size": image_size}, indent=2)
-    )
-    return path

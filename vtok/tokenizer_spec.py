@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtok.storage import cache_root, honour_umask, is_local, localize_dir, strip_file_scheme
+from vtok.storage import is_local, localize_dir, strip_file_scheme
+from vtok.vision_models import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ensure_tiny_clip
 
-# CLIP's normalisation, used when a model directory has no preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-TINY_CLIP_NAME = "tiny-clip-v1"
 # Multimodal checkpoints whose vision tower's config sits under "vision_config".
 _TOWER_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 # Keys of a saved config that record how it was saved, not what it computes.
@@ -131,13 +128,8 @@ def _normalisation(path: Path, model_type: str) -> tuple[tuple[float, ...], tupl
         if "image_mean" in cfg and "image_std" in cfg:
             return tuple(float(v) for v in cfg["image_mean"]), tuple(float(v) for v in cfg["image_std"])
     if model_type.startswith("siglip"):
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        return SIGLIP_MEAN, SIGLIP_STD
     return CLIP_MEAN, CLIP_STD
-
-
-def residual_positions(num_frames: int, stride: int) -> list[int]:
-    """Positions (within the sampled frames) that get a residual token: stride, 2*stride, ... < T."""
-    return list(range(stride, num_frames, stride))
 
 
 def localize_file(uri: str, storage_options: dict[str, Any]) -> Path:
@@ -226,24 +218,3 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(8 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def ensure_tiny_clip() -> Path:
-    """The default encoder: a tiny seeded CLIP saved once into the cache and loaded from there."""
-    import shutil
-    import tempfile
-
-    target = cache_root() / "models" / TINY_CLIP_NAME
-    if (target / "config.json").is_file():
-        return target
-    from vtok.tokenizer import save_tiny_vision_model
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    honour_umask(staging)
-    save_tiny_vision_model(staging, "clip", seed=0)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a concurrent process saved it first
-    return target

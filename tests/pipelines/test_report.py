@@ -11,7 +11,8 @@ import pytest
 
 from jobs.cli import main
 from jobs.tokenize import load_tokenize_config, run
-from pipelines.report import REDACTED, read_report, redact
+from pipelines.report import read_report
+from vtok.secrets import REDACTED, redact
 from vtok.dataset import read_manifest
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

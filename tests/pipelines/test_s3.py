@@ -190,7 +190,8 @@ def test_bad_credentials_fail_before_work(ray_local, raw_bucket: str, s3_endpoin
 
 
 def test_model_directory_on_s3(ray_local, raw_bucket: str, tiny_clip_dir: Path) -> None:
-    from vtok.tokenizer import TokenizerConfig, VTokTokenizer
+    from vtok.tokenizer import VTokTokenizer
+    from vtok.tokenizer_spec import TokenizerConfig
 
     fsspec.filesystem("s3").put(str(tiny_clip_dir) + "/", f"{raw_bucket}/models/tiny-clip/", recursive=True)
     remote = VTokTokenizer(TokenizerConfig(encoder=f"s3://{raw_bucket}/models/tiny-clip"))

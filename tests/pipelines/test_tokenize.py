@@ -15,7 +15,8 @@ from pipelines.sources import SourceConfig, list_clips
 from pipelines.tokenize import TokenizeConfig, run_tokenize
 from schemas.token_shard import validate_table
 from vtok.dataset import read_manifest, read_shard, shard_uris, table_tensors
-from vtok.tokenizer import TokenizerConfig, VTokTokenizer
+from vtok.tokenizer import VTokTokenizer
+from vtok.tokenizer_spec import TokenizerConfig
 from vtok.video import DecodeConfig, decode_clip
 
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from schemas.tokens import residual_positions
 from vtok.shapes import ShapesConfig, generate
-from vtok.tokenizer import GPhi, TokenizerConfig, VTokTokenizer, pool_grid, residual_positions
+from vtok.tokenizer import GPhi, VTokTokenizer, pool_grid
+from vtok.tokenizer_spec import TokenizerConfig
 
 CFG64 = ShapesConfig(width=64, height=64, num_frames=12, fps=8.0)
 

@@ -80,3 +80,22 @@ def test_the_pipeline_driver_imports_neither_torch_nor_transformers(tiny_clip_di
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_writing_the_run_report_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pipelines.report import write_report\n"
+        "from pipelines.tokenize import RunStats, TokenizeConfig, TokenizeSummary\n"
+        "manifest = {'tokenizer': {'residual_stride': 1}, 'shards': [], 'num_shards_planned': 1, 'complete': True,\n"
+        "            'schema_version': '1', 'vtok_version': '0', 'format': 'parquet', 'quarantine': []}\n"
+        f"summary = TokenizeSummary(output={str(tmp_path)!r}, fingerprint='f' * 64, videos_in=1, clips_out=1,\n"
+        "    quarantined=0, errors={}, shards_written=1, shards_skipped=0, key_tokens_per_clip=16,\n"
+        "    mean_residual_tokens_per_clip=7.0, mean_frame_tokens_per_clip=128.0, wall_time_s=1.0, videos_per_s=1.0,\n"
+        "    manifest=manifest, stats=RunStats(decode_s=[0.1], encode_s=[0.1], frames_per_clip=[8]))\n"
+        "write_report(summary, TokenizeConfig(input='/in', output='/out'))\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'av', 'decord') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
