@@ -192,7 +192,7 @@ def child_pipeline(manifest: str) -> dict[str, Any]:
     import ray
 
     from jobs.tokenize import load_tokenize_config
-    from pipelines.tokenize import run_tokenize
+    from pipelines.tokenize.pipeline import run_tokenize
 
     temp = tempfile.mkdtemp(prefix="vtok-bench-ray-", dir="/tmp")
     out = tempfile.mkdtemp(prefix="vtok-bench-memory-", dir="/tmp")

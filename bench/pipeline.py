@@ -107,7 +107,7 @@ def _set(obj: Any, path: list[str], value: Any) -> Any:
 
 
 def vtok_pipeline(cfg: Any, out: Path) -> Any:
-    from pipelines.tokenize import run_tokenize
+    from pipelines.tokenize.pipeline import run_tokenize
 
     return run_tokenize(dataclasses.replace(cfg, output=str(out)), progress=False)
 
@@ -120,9 +120,9 @@ def plain_loop(cfg: Any, out: Path) -> int:
     """Decode and encode one clip at a time in this process; write the shard table with pyarrow."""
     import pyarrow.parquet as pq
 
-    from pipelines.sink import build_token_table, tensor_encodings
-    from pipelines.sources import list_clips
-    from pipelines.tokenize import resolve_tokenizer_config
+    from pipelines.tokenize.pipeline import resolve_tokenizer_config
+    from pipelines.tokenize.sink import build_token_table, tensor_encodings
+    from pipelines.tokenize.sources import list_clips
     from schemas.token_shard import shard_metadata
     from vtok import __version__
     from vtok.tokenizer import VTokTokenizer
@@ -215,8 +215,8 @@ def read_videos_pipeline(cfg: Any, out: Path, batch_frames: int = 128) -> int:
 
     import ray
 
-    from pipelines.sources import list_clips
-    from pipelines.tokenize import resolve_tokenizer_config
+    from pipelines.tokenize.pipeline import resolve_tokenizer_config
+    from pipelines.tokenize.sources import list_clips
     from vtok.video import _resized_hw, probe
 
     items = list_clips(cfg.input, cfg.source)
@@ -342,7 +342,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         os.environ["RAY_AUTH_MODE"] = "disabled"
         import ray
 
-        from pipelines.tokenize import TokenizeConfig, run_tokenize  # noqa: F401 - timed as imports
+        from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize  # noqa: F401 - timed as imports
 
         report["import_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -354,7 +354,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         import torch
 
-        from pipelines.tokenize import TokenizeConfig
+        from pipelines.tokenize.pipeline import TokenizeConfig
 
         report["import_s"] = time.perf_counter() - t0
         report["ray_init_s"] = 0.0

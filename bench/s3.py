@@ -41,8 +41,8 @@ def main() -> None:
     import ray
     from moto.server import ThreadedMotoServer
 
-    from pipelines.sink import SinkConfig
-    from pipelines.tokenize import TokenizeConfig, run_tokenize
+    from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+    from pipelines.tokenize.sink import SinkConfig
     from vtok.shapes import write_corpus
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)

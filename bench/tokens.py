@@ -50,7 +50,7 @@ def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024) -> dict[st
 def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
     """Tokenize the clips at t frames; Parquet bytes of the VTok and baseline columns per clip."""
 
-    from pipelines.sink import build_token_table
+    from pipelines.tokenize.sink import build_token_table
     from schemas.token_shard import shard_metadata
     from vtok import __version__
     from vtok.video import DecodeConfig, decode_clip
@@ -115,7 +115,7 @@ def _write_variants(table_: Any) -> dict[str, dict[str, Any]]:
     compresses better (the exponent bytes repeat). Both are standard Parquet that pyarrow, DuckDB and
     Hugging Face datasets read.
     """
-    from pipelines.sink import tensor_encodings
+    from pipelines.tokenize.sink import tensor_encodings
 
     sink = tensor_encodings(table_.schema)
     return {

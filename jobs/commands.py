@@ -14,7 +14,7 @@ DEMO_DEFAULT_OUT = "demo_out"
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from jobs.tokenize import load_tokenize_config, run
-    from pipelines.tokenize import check_quarantine
+    from pipelines.tokenize.pipeline import check_quarantine
 
     cfg = load_tokenize_config(args.overrides, args.config)
     summary = run(cfg, progress=not args.no_progress)
@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.report import format_report, read_report
+    from pipelines.tokenize.report import format_report, read_report
 
     print("\n".join(format_report(read_report(args.uri))))
     return 0

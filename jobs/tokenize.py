@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from jobs.config import default_config_path, load_config
-from pipelines.tokenize import TokenizeConfig, TokenizeSummary, preflight, run_tokenize
+from pipelines.tokenize.pipeline import TokenizeConfig, TokenizeSummary, preflight, run_tokenize
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _write_report(summary: TokenizeSummary, cfg: TokenizeJobConfig) -> None:
     """report.json + report.html next to the shards; a failure here never fails a run whose shards are committed."""
     import logging
 
-    from pipelines.report import write_report
+    from pipelines.tokenize.report import write_report
 
     try:
         paths = write_report(summary, cfg)

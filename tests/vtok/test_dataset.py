@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.sink import SinkConfig
-from pipelines.tokenize import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
+from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
 from vtok.dataset import read_manifest, read_shard, shard_uris, table_tensors, validate_dataset
 from vtok.video import DecodeConfig
 

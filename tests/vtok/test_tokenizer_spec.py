@@ -73,7 +73,7 @@ def test_grid_larger_than_the_patch_grid_is_refused(tiny_clip_dir: Path) -> None
 def test_the_pipeline_driver_imports_neither_torch_nor_transformers(tiny_clip_dir: Path) -> None:
     code = (
         "import sys\n"
-        "import jobs.cli, jobs.tokenize, pipelines.tokenize\n"
+        "import jobs.cli, jobs.tokenize, pipelines.tokenize.pipeline\n"
         "from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec\n"
         f"TokenizerSpec.load(TokenizerConfig(encoder={str(tiny_clip_dir)!r}), 'float32').fingerprint()\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'av', 'decord') if m in sys.modules)\n"
@@ -85,8 +85,8 @@ def test_the_pipeline_driver_imports_neither_torch_nor_transformers(tiny_clip_di
 def test_writing_the_run_report_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from pipelines.report import write_report\n"
-        "from pipelines.tokenize import RunStats, TokenizeConfig, TokenizeSummary\n"
+        "from pipelines.tokenize.report import write_report\n"
+        "from pipelines.tokenize.pipeline import RunStats, TokenizeConfig, TokenizeSummary\n"
         "manifest = {'tokenizer': {'residual_stride': 1}, 'shards': [], 'num_shards_planned': 1, 'complete': True,\n"
         "            'schema_version': '1', 'vtok_version': '0', 'format': 'parquet', 'quarantine': []}\n"
         f"summary = TokenizeSummary(output={str(tmp_path)!r}, fingerprint='f' * 64, videos_in=1, clips_out=1,\n"

@@ -16,19 +16,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.sources import (
+from pipelines.tokenize.clips import (
     VIDEO_EXTENSIONS,
     ClipItem,
     EmptyInputError,
     Listing,
     SourceConfig,
-    list_clips,
-    list_inputs,
     make_sample_key,
     normalize_uri,
-    split_into_clips,
 )
-from pipelines.stages.decode import decode_batch
+from pipelines.tokenize.sources import list_clips, list_inputs, split_into_clips
+from pipelines.tokenize.stages.decode import decode_batch
 from vtok.video import DecodeConfig
 
 

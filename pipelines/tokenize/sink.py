@@ -14,7 +14,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.manifest import (
+from pipelines.tokenize.manifest import (
     CommitRecord,
     commit,
     inputs_digest,
@@ -22,7 +22,7 @@ from pipelines.manifest import (
     spool_file,
     write_bytes_atomic,
 )
-from pipelines.stages.encode import TOKEN_COLUMNS
+from pipelines.tokenize.stages.encode import TOKEN_COLUMNS
 from schemas.layout import shard_name
 from schemas.npy import from_npy
 from schemas.token_shard import (

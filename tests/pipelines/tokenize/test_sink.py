@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.manifest import CommitRecord
-from pipelines.sink import ShardWriter, SinkConfig, build_token_table, parquet_bytes
+from pipelines.tokenize.manifest import CommitRecord
+from pipelines.tokenize.sink import ShardWriter, SinkConfig, build_token_table, parquet_bytes
 from schemas.npy import from_npy, to_npy
 from schemas.token_shard import column_to_tensors, shard_metadata
 

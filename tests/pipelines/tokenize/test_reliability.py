@@ -15,17 +15,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.sink import SinkConfig
-from pipelines.sources import SourceConfig
-from pipelines.stages.encode import EncodeConfig
-from pipelines.tokenize import DecodeStageConfig, TokenizeConfig, run_tokenize
+from pipelines.tokenize.clips import SourceConfig
+from pipelines.tokenize.pipeline import DecodeStageConfig, TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
+from pipelines.tokenize.stages.encode import EncodeConfig
 from tests.ray_nodes import stop_process_tree
 from vtok.dataset import read_manifest, validate_dataset
 from vtok.media import write_audio_only, write_mp4
 from vtok.shapes import ShapesConfig, generate, write_corpus
 from vtok.video import DecodeConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _quarantine(out: Path) -> dict[str, dict]:
@@ -162,7 +162,7 @@ def test_same_bytes_with_one_or_two_decoders_and_encoders(ray_local, shapes_corp
 
 
 def test_resume_into_another_schema_version_is_refused(ray_local, shapes_corpus: Path, tmp_path: Path) -> None:
-    from pipelines.manifest import DatasetMismatchError
+    from pipelines.tokenize.manifest import DatasetMismatchError
 
     out = tmp_path / "ds"
     cfg = TokenizeConfig(input=str(shapes_corpus / "manifest.jsonl"), output=str(out),

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.manifest import DatasetMismatchError
-from pipelines.sink import SinkConfig
-from pipelines.sources import SourceConfig, list_clips
-from pipelines.tokenize import TokenizeConfig, run_tokenize
+from pipelines.tokenize.clips import SourceConfig
+from pipelines.tokenize.manifest import DatasetMismatchError
+from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
+from pipelines.tokenize.sources import list_clips
 from schemas.token_shard import validate_table
 from vtok.dataset import read_manifest, read_shard, shard_uris, table_tensors
 from vtok.tokenizer import VTokTokenizer

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from pipelines.sink import SinkConfig
-from pipelines.sources import SourceConfig
-from pipelines.tokenize import TokenizeConfig, run_tokenize
+from pipelines.tokenize.clips import SourceConfig
+from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
 from vtok.dataset import read_manifest, read_shard, shard_uris, table_tensors, validate_dataset
 from vtok.storage import StorageError
 from vtok.video import DecodeConfig

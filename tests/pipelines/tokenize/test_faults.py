@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import fsspec
 import pytest
 
-from pipelines.sink import SinkConfig
-from pipelines.tokenize import TokenizeConfig, run_tokenize
+from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
 from vtok.dataset import read_shard, shard_uris, table_tensors, validate_dataset
 from vtok.video import DecodeConfig
 

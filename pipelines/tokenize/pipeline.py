@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.manifest import (
+from pipelines.tokenize.clips import ClipItem, SourceConfig
+from pipelines.tokenize.manifest import (
     bind_run,
     check_committed_inputs,
     check_output,
@@ -24,10 +25,10 @@ from pipelines.manifest import (
     delete_dataset,
     write_manifest,
 )
-from pipelines.sink import FORMATS, ShardWriter, SinkConfig
-from pipelines.sources import ClipItem, SourceConfig, list_inputs, split_into_clips
-from pipelines.stages.decode import decode_batch
-from pipelines.stages.encode import EncodeConfig, EncodeStage
+from pipelines.tokenize.sink import FORMATS, ShardWriter, SinkConfig
+from pipelines.tokenize.sources import list_inputs, split_into_clips
+from pipelines.tokenize.stages.decode import decode_batch
+from pipelines.tokenize.stages.encode import EncodeConfig, EncodeStage
 from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
 from schemas.tokens import mean_counts

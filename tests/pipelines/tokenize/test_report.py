@@ -11,9 +11,9 @@ import pytest
 
 from jobs.cli import main
 from jobs.tokenize import load_tokenize_config, run
-from pipelines.report import read_report
-from vtok.secrets import REDACTED, redact
+from pipelines.tokenize.report import read_report
 from vtok.dataset import read_manifest
+from vtok.secrets import REDACTED, redact
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from pipelines.manifest import DatasetMismatchError, OutputCollisionError
-from pipelines.sink import SinkConfig
-from pipelines.tokenize import TokenizeConfig, run_tokenize
+from pipelines.tokenize.manifest import DatasetMismatchError, OutputCollisionError
+from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
 from schemas.token_shard import META_IDENTITY
 from vtok.dataset import validate_dataset
 from vtok.video import DecodeConfig

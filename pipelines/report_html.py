@@ -1,0 +1,122 @@
+"""The HTML/SVG pieces every vtok report page shares (tokenize, training, evaluation).
+
+Pages are self-contained: inline SVG, no scripts, no external assets, so they open from an object store,
+an e-mail attachment or a laptop without network. Charts take plain numbers; callers escape nothing
+themselves (`esc` does it for them).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_s(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 120:
+        return f"{s / 60:.1f} min"
+    if s >= 1:
+        return f"{s:.1f} s"
+    return f"{s * 1000:.0f} ms"
+
+
+PALETTE = {
+    "vtok": "#0f766e",
+    "frame_sampling": "#ea580c",
+    "decode": "#2563eb",
+    "encode": "#7c3aed",
+    "write": "#059669",
+    "driver": "#94a3b8",
+    "wall": "#1e293b",
+    "error": "#dc2626",
+    "grid": "#e2e8f0",
+    "axis": "#64748b",
+}
+
+
+def esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / max(1, n)
+    mag = 10 ** np.floor(np.log10(raw))
+    step = float(min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag))
+    ticks = [round(float(np.floor(lo / step) * step), 10)]
+    # The last tick is at or above `hi`, so the data never runs off the top of an axis.
+    while ticks[-1] < hi - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 10))
+    return ticks
+
+
+def tick_label(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v / 1000:g}k"
+    return f"{v:g}"
+
+
+def svg_open(width: int, height: int, label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+            f'role="img" aria-label="{esc(label)}" font-family="system-ui, sans-serif" font-size="12">')
+
+
+def hbar_svg(items: list[tuple[str, float, str, str]], unit: str, label: str, width: int = 1000) -> str:
+    """Horizontal bars: (label, value, colour, note) per row."""
+    row, ml, mr, mt = 30, 210, 260, 10
+    height = mt + row * len(items) + 28
+    pw = width - ml - mr
+    v_max = max((v for _, v, _, _ in items), default=0.0) or 1.0
+    ticks = nice_ticks(0, v_max, 5)
+    scale = pw / ticks[-1]
+    out = [svg_open(width, height, label)]
+    for t in ticks:
+        xx = ml + t * scale
+        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt}" y2="{mt + row * len(items)}" '
+                   f'stroke="{PALETTE["grid"]}"/>')
+        out.append(f'<text x="{xx:.1f}" y="{mt + row * len(items) + 16}" text-anchor="middle" '
+                   f'fill="{PALETTE["axis"]}">{tick_label(t)}{unit}</text>')
+    for i, (name, value, colour, note) in enumerate(items):
+        y = mt + i * row
+        out.append(f'<text x="{ml - 8}" y="{y + row / 2 + 4:.1f}" text-anchor="end">{esc(name)}</text>')
+        out.append(f'<rect x="{ml}" y="{y + 5}" width="{max(1.0, value * scale):.1f}" height="{row - 10}" '
+                   f'rx="3" fill="{colour}"/>')
+        out.append(f'<text x="{ml + value * scale + 8:.1f}" y="{y + row / 2 + 4:.1f}" '
+                   f'fill="{PALETTE["axis"]}">{esc(note)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def card(title: str, value: str, note: str = "") -> str:
+    return (f'<div class="card"><div class="k">{esc(title)}</div><div class="v">{esc(value)}</div>'
+            f'<div class="n">{esc(note)}</div></div>')
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;background:#f8fafc;color:#0f172a}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:0 0 10px}
+.sub{color:#64748b;font-size:13px;margin-bottom:18px;word-break:break-all}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:12px;margin-bottom:18px}
+.card{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:12px 14px}
+.card .k{color:#64748b;font-size:12px}.card .v{font-size:22px;font-weight:600;margin:2px 0}
+.card .n{color:#64748b;font-size:12px}
+section{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:16px;margin-bottom:16px}
+.note{color:#475569;font-size:13px;margin:8px 0 0}
+.ok{color:#047857;font-weight:600}.bad{color:#b91c1c;font-weight:600}
+table{border-collapse:collapse;width:100%;font-size:13px}td,th{text-align:left;padding:4px 8px;
+border-bottom:1px solid #f1f5f9;vertical-align:top}th{color:#64748b;font-weight:500}
+pre{background:#f1f5f9;padding:12px;border-radius:8px;overflow:auto;font-size:12px}
+"""
