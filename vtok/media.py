@@ -14,11 +14,14 @@ def write_mp4(
     codec: str = "libx264",
     gop: int | None = None,
     crf: int = 18,
+    display_rotation: int = 0,
 ) -> Path:
     """Encode uint8 RGB frames [T, H, W, 3] into a video file at `path`.
 
     `gop` is the keyframe interval in frames (None lets the encoder choose). Even frame sides are
-    required by yuv420p, so odd sides are an error rather than a silent crop.
+    required by yuv420p, so odd sides are an error rather than a silent crop. `display_rotation` stores
+    a display matrix telling players to turn the frames that many degrees clockwise, as a phone does for
+    a portrait video (mp4/mov and Matroska keep it).
     """
     from fractions import Fraction
 
@@ -36,6 +39,9 @@ def write_mp4(
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuv420p"
+        if display_rotation % 360:
+            # PyAV takes the angle counterclockwise (FFmpeg's display matrix convention).
+            stream.set_display_rotation(-display_rotation)
         # One encoder thread: threaded x264 (lookahead, frame threads) can vary its bytes run to run.
         stream.codec_context.thread_count = 1
         options: dict[str, str] = {}

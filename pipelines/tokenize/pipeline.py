@@ -36,9 +36,7 @@ from vtok import __version__
 from vtok.errors import DataQualityError
 from vtok.storage import check_readable, check_writable
 from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec
-from vtok.video import DecodeConfig, DecodeError, probe
-
-SAMPLING_POLICY = "uniform-when-capped-v1"  # MOVE to vtok.video
+from vtok.video import SAMPLING_POLICY, DecodeConfig, DecodeError, probe
 
 
 @dataclass
@@ -230,7 +228,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     listing = list_inputs(cfg.input, cfg.source, opts)
     items = listing.items
     if cfg.source.clip_length_s is not None:
-        items = _split_long_videos(items, cfg.source, opts)
+        items = _split_long_videos(items, cfg.source, cfg.decode, opts)
     stats.listing_s = time.perf_counter() - t0
     actor_cfg = resolve_tokenizer_config(cfg)
     # Sizes, description and fingerprint from the saved files: the driver never imports torch or loads the
@@ -369,11 +367,12 @@ def check_quarantine(summary: TokenizeSummary, max_fraction: float | None = None
 
 
 def _split_long_videos(
-    items: list[ClipItem], cfg: SourceConfig, opts: dict[str, Any] | None
+    items: list[ClipItem], cfg: SourceConfig, decode_cfg: DecodeConfig, opts: dict[str, Any] | None
 ) -> list[ClipItem]:
     """Probe every video's duration in Ray tasks (headers only) and cut it into fixed-length clips.
 
-    A video whose header cannot be read stays one item: the decode stage quarantines it with the reason.
+    A video whose header cannot be read, or that is over a limit, stays one item: the decode stage
+    quarantines it with the reason.
     """
     import ray
 
@@ -382,7 +381,7 @@ def _split_long_videos(
         for uri, offset, size in zip(batch["read_uri"], batch["byte_offset"], batch["byte_size"]):
             try:
                 byte_range = (int(offset), int(size)) if offset >= 0 else None
-                out.append(probe(str(uri), opts, byte_range).duration_s)
+                out.append(probe(str(uri), opts, byte_range, cfg=decode_cfg).duration_s)
             except DecodeError:
                 out.append(-1.0)
         return {"index": batch["index"], "duration_s": np.array(out, dtype=np.float64)}

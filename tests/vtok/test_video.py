@@ -247,10 +247,13 @@ def test_file_uri(videos: dict[str, Path]) -> None:
 
 
 def test_sample_by_fps() -> None:
-    indices = sample_frame_indices(300, 30.0, DecodeConfig(fps=4.0, max_frames=16))
-    # t = k / 4 s -> 7.5 k frames, half rounds up; capped at 16 frames (the first 4 s).
-    assert indices.tolist() == [0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113]
-    assert indices.dtype == np.int64
+    indices = sample_frame_indices(300, 30.0, DecodeConfig(fps=4.0, max_frames=40))
+    # t = k / 4 s -> 7.5 k frames, half rounds up.
+    assert indices.tolist()[:16] == [0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113]
+    assert len(indices) == 40 and indices.dtype == np.int64
+    # 40 frames by rate exceed max_frames=16: 16 spread over the whole 10 s instead of its first 4 s.
+    capped = sample_frame_indices(300, 30.0, DecodeConfig(fps=4.0, max_frames=16))
+    assert capped.tolist() == [0, 20, 40, 60, 80, 100, 120, 140, 159, 179, 199, 219, 239, 259, 279, 299]
     assert sample_frame_indices(300, 30.0, DecodeConfig(fps=1.0)).tolist() == [
         0,
         30,
