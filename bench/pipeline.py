@@ -217,7 +217,8 @@ def read_videos_pipeline(cfg: Any, out: Path, batch_frames: int = 128) -> int:
 
     from pipelines.tokenize.pipeline import resolve_tokenizer_config
     from pipelines.tokenize.sources import list_clips
-    from vtok.video import _resized_hw, probe
+    from vtok.video import probe
+    from vtok.video.sampling import _resized_hw
 
     items = list_clips(cfg.input, cfg.source)
     paths = [item.source_uri for item in items]
