@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 from jobs.config import default_config_path, load_config
+from jobs.terminal import filtered_stderr, quiet_ray_logging
 from pipelines.tokenize.pipeline import TokenizeConfig, TokenizeSummary, preflight, run_tokenize
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +46,8 @@ def init_ray(cfg: RayConfig) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = cfg.temp_dir or tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
+             logging_level=logging.WARNING)
 
 
 RESERVED_KEYS = {
@@ -57,10 +63,26 @@ def load_tokenize_config(overrides: list[str], config_file: str | None = None) -
 
 def run(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeSummary:
     preflight(cfg)  # a missing input fails now, not after Ray has started
-    init_ray(cfg.ray)
-    summary = run_tokenize(cfg, progress=progress)
+    with filtered_stderr():
+        start_ray(cfg.ray)
+        summary = run_tokenize(cfg, progress=progress)
     _write_report(summary, cfg)
     return summary
+
+
+def start_ray(cfg: RayConfig) -> None:
+    """init_ray, saying so: starting a local Ray takes seconds that would otherwise pass in silence."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    where = f"joining the Ray cluster at {cfg.address}" if cfg.address else "starting a local Ray"
+    logger.info("%s...", where)
+    started = time.perf_counter()
+    init_ray(cfg)
+    quiet_ray_logging()
+    logger.info("Ray ready in %.1f s (%s CPUs)", time.perf_counter() - started,
+                f"{ray.cluster_resources().get('CPU', 0):g}")
 
 
 def _write_report(summary: TokenizeSummary, cfg: TokenizeJobConfig) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.progress import ProgressLine
 from pipelines.tokenize.clips import ClipItem, SourceConfig
 from pipelines.tokenize.manifest import (
     bind_run,
@@ -265,7 +266,9 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     if rows:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = progress
+        # vtok's own progress line instead of Ray Data's per-operator bars and log lines.
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
         ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // cfg.decode_stage.batch_size))
         ds = ds.map_batches(
             decode_batch,
@@ -290,8 +293,13 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         )
         writers: dict[int, ShardWriter] = {}
         pipeline_t0 = time.perf_counter()
+        line = ProgressLine(len(rows), enabled=progress)
+        line.update(0)
+        bad = 0
         try:
             for done_clips, row in enumerate(ds.iter_rows(), start=1):
+                bad += bool(row["error_reason"])
+                line.update(done_clips, bad)
                 shard = int(row["shard"])
                 if shard not in writers:
                     writers[shard] = ShardWriter(
@@ -311,6 +319,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                     stats.write_s.append(writer.busy_s)
                     written += 1
         finally:
+            line.close()
             for writer in writers.values():
                 writer.abort()
         assert not writers, f"shards {sorted(writers)} received only part of their clips"

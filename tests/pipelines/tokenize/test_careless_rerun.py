@@ -311,3 +311,25 @@ def test_max_quarantined_fraction(ray_local, shapes_corpus: Path, tmp_path: Path
     assert _cli(capsys, *args, f"output={tmp_path / 'a'}", "--max-quarantined-fraction", "0.2")[0] == 0
     code, _, err = _cli(capsys, *args, f"output={tmp_path / 'b'}", "--max-quarantined-fraction", "0.1")
     assert code == 4 and "1 of 7 inputs quarantined (14.3%" in err
+
+
+# ---- 7. nothing skipped without a count
+
+
+def test_skipped_files_are_counted_in_the_summary_and_the_report(
+    ray_local, shapes_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "videos"
+    shutil.copytree(shapes_corpus / "videos", folder)
+    (folder / "clip.gif").write_bytes(b"GIF89a")
+    (folder / "notes.txt").write_text("not a video")
+    os.symlink(shapes_corpus / "videos", folder / "linked")
+    out = tmp_path / "tokens"
+    code, stdout, _ = _cli(capsys, f"input={folder}", f"output={out}", "decode.max_frames=8")
+    assert code == 0
+    assert "skipped            3: .gif 1, .txt 1, directory symlink 1" in stdout
+    assert "clips out          6" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"]["by_label"] == {".gif": 1, ".txt": 1, "directory symlink": 1}
+    assert any(u.endswith("clip.gif") for u in report["skipped"]["examples"])
+    assert "The listing skipped 3 file(s)" in (out / "report.html").read_text()
