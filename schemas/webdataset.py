@@ -5,6 +5,8 @@
     KEY.residual.npy         residual_features [R, D] float32
     KEY.residual_tokens.npy  residual_tokens [R, D'] (optional)
     KEY.frame_tokens.npy     frame_tokens [T, S, D] (optional)
+    KEY.latents.npy          latents [C, T', H', W'] (optional)
+    KEY.frames_lowres.npy    frames_lowres [T, h, w, 3] uint8 (optional)
 
 Keys are vtok sample keys (hex and underscores, no dots), so WebDataset's split at the first dot is
 exact. Members are written in sorted order with zeroed owner and mtime: same tokens, same bytes.
@@ -18,14 +20,18 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
 
 from schemas.npy import from_npy, to_npy
+from schemas.token_shard import OPTIONAL_FIELDS, REQUIRED_FIELDS, TENSOR_NDIM, tensors_to_arrow, token_schema
 
 TENSOR_SUFFIXES = {
     "key_tokens": "key.npy",
     "residual_features": "residual.npy",
     "residual_tokens": "residual_tokens.npy",
     "frame_tokens": "frame_tokens.npy",
+    "latents": "latents.npy",
+    "frames_lowres": "frames_lowres.npy",
 }
 REQUIRED_SUFFIXES = ("json", "key.npy", "residual.npy")
 
@@ -78,6 +84,41 @@ def iter_tar(fileobj: IO[bytes]) -> Iterator[dict[str, Any]]:
         yield current
 
 
+def samples_to_table(samples: list[dict[str, Any]]) -> pa.Table:
+    """Decoded samples of a token tar -> an Arrow table of schema v1, typed exactly as a Parquet shard.
+
+    An optional column is present when any sample has a value for it, the rule the Parquet sink
+    follows, so a reader sees the same columns and types whichever format a dataset was written in.
+    The .json's bookkeeping (schema version, fingerprint, identity digest) is per dataset, not a column.
+    """
+    required = {f.name for f in REQUIRED_FIELDS if not f.nullable}
+    for s in samples:
+        missing = sorted(required - {k for k, v in s.items() if v is not None})
+        if missing:
+            raise ValueError(f"sample {s.get('sample_key')!r} has no {', '.join(missing)}")
+    present = [f.name for f in OPTIONAL_FIELDS if any(s.get(f.name) is not None for s in samples)]
+    schema = token_schema(present)
+    columns = []
+    for field in schema:
+        values = [s.get(field.name) for s in samples]
+        if field.name in TENSOR_NDIM:
+            columns.append(_tensor_column(values, TENSOR_NDIM[field.name], field.type))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _tensor_column(values: list[np.ndarray | None], ndim: int, list_type: pa.DataType) -> pa.Array:
+    value_type = list_type
+    for _ in range(ndim):
+        value_type = value_type.value_type
+    if all(v is not None for v in values):
+        return tensors_to_arrow(values, ndim, value_type)  # type: ignore[arg-type]
+    # Only some samples carry this tensor: rare enough that the slow path through Python lists is fine.
+    np_type = value_type.to_pandas_dtype()
+    return pa.array([None if v is None else np.asarray(v, np_type).tolist() for v in values], list_type)
+
+
 IDENTITY_FIELD = "dataset_identity_sha256"
 """The .json field naming the dataset identity (schemas.token_shard.identity_digest) a sample was made with."""
 
@@ -86,7 +127,7 @@ def validate_samples(
     samples: list[dict[str, Any]], grid: int | None, stride: int | None, identity_sha256: str | None = None
 ) -> list[str]:
     """Schema problems of decoded samples, as sentences; `identity_sha256`: the digest every sample must carry."""
-    problems = []
+    problems: list[str] = []
     if identity_sha256 is not None:
         other = sorted({str(s.get(IDENTITY_FIELD)) for s in samples} - {identity_sha256})
         if other:
@@ -94,10 +135,9 @@ def validate_samples(
                             f" vs {identity_sha256[:12]})")
     for s in samples:
         key = s["sample_key"]
-        for column in ("key_tokens", "residual_features", "source_uri", "frame_indices"):
-            if column not in s:
-                problems.append(f"{key}: {column} missing")
-        if problems:
+        missing = [c for c in ("key_tokens", "residual_features", "source_uri", "frame_indices") if c not in s]
+        problems += [f"{key}: {column} missing" for column in missing]
+        if missing:  # the shape checks below need these; the next sample is still checked
             continue
         if grid is not None and s["key_tokens"].shape[0] != grid * grid:
             problems.append(f"{key}: key_tokens has {s['key_tokens'].shape[0]} tokens, expected S={grid * grid}")

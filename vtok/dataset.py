@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +19,9 @@ from schemas.token_shard import (
     column_to_tensors,
 )
 from vtok.storage import get_fs, join
+
+if TYPE_CHECKING:  # for annotations only: vtok imports Ray inside the functions that need it
+    import ray.data
 
 
 def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,7 +91,7 @@ def table_tensors(table: pa.Table) -> dict[str, list]:
             if name in table.column_names}
 
 
-def iter_webdataset_shard(uri: str, storage_options: dict[str, Any] | None = None):  # noqa: ANN201
+def iter_webdataset_shard(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Samples of one WebDataset token tar (tensors as numpy), streamed."""
     from schemas.webdataset import iter_tar
 
@@ -95,42 +100,94 @@ def iter_webdataset_shard(uri: str, storage_options: dict[str, Any] | None = Non
         yield from iter_tar(f)
 
 
-def read_tokens(uri: str, storage_options: dict[str, Any] | None = None):  # noqa: ANN201
-    """The committed shards of a token dataset as a Ray Dataset (needs Ray; imported here only)."""
+def read_shard_samples(uri: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every sample of one token shard, Parquet or WebDataset, as the same dicts.
+
+    Keys are the schema v1 columns (an optional one only where it has a value) plus the shard's
+    schema_version, tokenizer_fingerprint and dataset_identity_sha256; tensors are numpy arrays,
+    frame_indices a list of ints. The same clip gives equal dicts in both formats.
+    """
+    from schemas.token_shard import META_IDENTITY, OPTIONAL_FIELDS
+    from schemas.webdataset import IDENTITY_FIELD
+
+    optional = {f.name for f in OPTIONAL_FIELDS}
+    if uri.endswith(".tar"):
+        samples = list(iter_webdataset_shard(uri, storage_options))
+    else:
+        table = read_shard(uri, storage_options)
+        meta = table.schema.metadata or {}
+        shard_fields = {"schema_version": meta.get(META_SCHEMA_VERSION, b"").decode(),
+                        "tokenizer_fingerprint": meta.get(META_FINGERPRINT, b"").decode()}
+        if META_IDENTITY in meta:
+            # The sink hashes these very bytes into each WebDataset sample's .json.
+            shard_fields[IDENTITY_FIELD] = hashlib.sha256(meta[META_IDENTITY]).hexdigest()
+        tensors = _with_empty_widths(table_tensors(table))
+        scalars = {name: table.column(name).to_pylist() for name in table.column_names if name not in tensors}
+        columns = scalars | tensors
+        samples = [{name: values[i] for name, values in columns.items()} | shard_fields
+                   for i in range(table.num_rows)]
+    # Parquet has a column only where some row of the shard has a value, WebDataset writes None:
+    # dropping empty optional values makes both give the same keys.
+    return [{k: v for k, v in s.items() if v is not None or k not in optional} for s in samples]
+
+
+def _with_empty_widths(tensors: dict[str, list]) -> dict[str, list]:
+    """Give R=0 residuals their [0, D] shape, as the .npy of a WebDataset sample has it.
+
+    A nested list keeps no width for zero rows, so Parquet reads back [0, 0]: residual_features has
+    key_tokens' D, residual_tokens the D' of any other row of the shard.
+    """
+    keys = tensors.get("key_tokens")
+    for name in ("residual_features", "residual_tokens"):
+        rows = tensors.get(name)
+        if rows is None:
+            continue
+        known = [r.shape[1] for r in rows if r is not None and len(r)]
+        fixed = []
+        for i, r in enumerate(rows):
+            width = keys[i].shape[1] if name == "residual_features" and keys else (known[0] if known else None)
+            fixed.append(r.reshape(0, width) if r is not None and not len(r) and width is not None else r)
+        tensors[name] = fixed
+    return tensors
+
+
+def read_tokens(uri: str, storage_options: dict[str, Any] | None = None) -> ray.data.Dataset:
+    """The committed shards of a token dataset as a Ray Dataset (needs Ray; imported here only).
+
+    Parquet and WebDataset datasets give the same columns with the same Arrow types (schema v1),
+    hence the same rows and batches: tensors as nested lists in rows, object arrays in numpy batches.
+    """
     import pyarrow.fs
     import ray.data
 
     shards = shard_uris(uri, storage_options)
     if not shards:
         raise FileNotFoundError(f"{uri}: the dataset has no committed shards")
+    if shards[0].endswith(".tar"):
+        # One read task per tar, which builds a schema v1 Arrow block: ray.data.read_webdataset would give
+        # columns named by member suffix ("key.npy", "json") and tensor extension types instead.
+        return ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
+            _webdataset_shards_to_table, batch_size=1, batch_format="pyarrow",
+            fn_kwargs={"storage_options": storage_options},
+        )
     fs, _ = get_fs(shards[0], storage_options)
     # pyarrow's own S3 client ignores AWS_ENDPOINT_URL; going through fsspec keeps one set of settings.
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
     paths = [get_fs(s, storage_options)[1] for s in shards]
-    if shards[0].endswith(".tar"):
-        return ray.data.read_webdataset(paths, filesystem=filesystem, decoder=_decode_wds_npy)
     return ray.data.read_parquet(paths, filesystem=filesystem)
 
 
-def _decode_wds_npy(sample: dict[str, Any]) -> dict[str, Any]:
-    from schemas.npy import from_npy
+def _webdataset_shards_to_table(batch: pa.Table, storage_options: dict[str, Any] | None) -> pa.Table:
+    from schemas.webdataset import samples_to_table
 
-    out: dict[str, Any] = {}
-    for k, v in sample.items():
-        if k.endswith("npy") and isinstance(v, bytes):
-            out[k] = from_npy(v)
-        elif k == "json" and isinstance(v, bytes):
-            out[k] = json.loads(v)
-        else:
-            out[k] = v
-    return out
+    tables = [samples_to_table(list(iter_webdataset_shard(uri, storage_options)))
+              for uri in batch.column("shard").to_pylist()]
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
 def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Check every shard against the schema and the manifest. Returns (problems, counts)."""
-    import hashlib
-
-    from schemas.token_shard import identity_digest, validate_table
+    from schemas.token_shard import SCHEMA_VERSION, identity_digest, validate_table
     from schemas.webdataset import iter_tar, validate_samples
 
     problems: list[str] = []
@@ -141,8 +198,8 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
     fingerprint = manifest.get("fingerprint")
     grid = manifest.get("tokenizer", {}).get("grid")
     stride = manifest.get("tokenizer", {}).get("residual_stride")
-    if manifest.get("schema_version") != "1":
-        problems.append(f"manifest schema version {manifest.get('schema_version')!r} is not '1'")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"manifest schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}")
     identity = manifest.get("identity")
     if identity is None:
         problems.append("manifest records no dataset identity (the frame sampling, clip splitting and resize the "

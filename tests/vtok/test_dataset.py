@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.tokenize.sink import SinkConfig
 from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+from pipelines.tokenize.sink import SinkConfig
 from vtok.dataset import read_manifest, read_shard, shard_uris, table_tensors, validate_dataset
 from vtok.video import DecodeConfig
 
@@ -81,7 +81,7 @@ def test_read_tokens_returns_a_ray_dataset(datasets: dict[str, Path]) -> None:
         key = np.stack(row["key_tokens"]).astype(np.float32)
         assert key.tobytes() == truth[row["sample_key"]]["key_tokens"].tobytes()
     wds = vtok.read_tokens(str(datasets["webdataset"])).take_all()
-    assert len(wds) == 6 and wds[0]["key.npy"].shape == (16, 64)
+    assert len(wds) == 6 and np.stack(wds[0]["key_tokens"]).astype(np.float32).shape == (16, 64)
 
 
 def test_huggingface_datasets_reads_parquet_shards_exactly(datasets: dict[str, Path]) -> None:
