@@ -49,12 +49,16 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values covering [lo, hi]; `integer` for counts, whose axis has no fractions (no 2.5 clips)."""
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / max(1, n)
+    if integer:
+        raw = max(raw, 1.0)
     mag = 10 ** np.floor(np.log10(raw))
-    step = float(min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag))
+    steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = float(min((m * mag for m in steps if m * mag >= raw), default=10 * mag))
     ticks = [round(float(np.floor(lo / step) * step), 10)]
     # The last tick is at or above `hi`, so the data never runs off the top of an axis.
     while ticks[-1] < hi - step * 1e-9:
@@ -118,5 +122,61 @@ section{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:16px
 .ok{color:#047857;font-weight:600}.bad{color:#b91c1c;font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:13px}td,th{text-align:left;padding:4px 8px;
 border-bottom:1px solid #f1f5f9;vertical-align:top}th{color:#64748b;font-weight:500}
+.strip{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:10px}figure{margin:0;font-size:11px;color:#475569;
+width:96px}img{border-radius:6px;display:block}code{font-size:12px;word-break:break-all}
 pre{background:#f1f5f9;padding:12px;border-radius:8px;overflow:auto;font-size:12px}
 """
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """A uint8 RGB image [H, W, 3] as an inline PNG (data: URI), written with zlib alone: no imaging library."""
+    import base64
+    import struct
+    import zlib
+
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (image.dtype, image.shape)
+    height, width, _ = image.shape
+    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(height))  # filter type 0 per scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table; cells are escaped unless they are Markup (already HTML)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else esc(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class Markup(str):
+    """A string that is already HTML (a link, an image), which table() must not escape."""
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and the machine, for a report to say where its numbers come from (no import of torch:
+    versions are read from the installed packages' metadata)."""
+    import os
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for package in ("vtok", "ray", "torch", "transformers", "diffusers", "pyarrow", "av", "decord", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    machine = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+               "cpus": os.cpu_count()}
+    try:
+        import psutil
+
+        machine["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return {"versions": versions, "machine": machine}

@@ -120,6 +120,8 @@ class RunStats:
     frames_per_clip: list[int] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since start, clips finished) samples, at most one per 0.25 s."""
+    key_frames: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    """(caption or source, small uint8 key frame) of the first few clips, for the report page."""
 
     def record_clip(self, now_s: float, done: int, final: bool = False) -> None:
         if final or not self.timeline or now_s - self.timeline[-1][0] >= 0.25:
@@ -166,6 +168,10 @@ class TokenizeSummary:
             f"throughput         {self.videos_per_s:.2f} videos/s",
         ]
         return lines
+
+
+REPORT_KEY_FRAMES = 8
+"""Key frames the run report shows."""
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -310,6 +316,9 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                 stats.encode_s.append(float(row["encode_s"]))
                 if not row["error_reason"]:
                     stats.frames_per_clip.append(len(from_npy(row["frame_indices"])))
+                    if len(stats.key_frames) < REPORT_KEY_FRAMES and row.get("key_frame_thumb"):
+                        label = row["caption"] or row["source_uri"]
+                        stats.key_frames.append((str(label), from_npy(row["key_frame_thumb"])))
                 stats.record_clip(time.perf_counter() - t0, done_clips)
                 writers[shard].add(row)
                 if writers[shard].complete:

@@ -9,13 +9,15 @@ credentials redacted: a report is meant to be shared.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.report_html import fmt_bytes, fmt_s
+from pipelines.report_html import environment, fmt_bytes, fmt_s, png_data_uri
 from pipelines.tokenize.manifest import read_json, write_bytes_atomic, write_json
 from pipelines.tokenize.report_page import render_html, sizing_advice
 from schemas.layout import REPORT_FILE, REPORT_HTML
@@ -30,6 +32,8 @@ REPORT_VERSION = 2
 # Sections that describe one run's work (the rest describe the whole dataset). A run that found nothing to
 # do keeps the previous working run's, so the page never shows an 8 ms "run" in place of the real one.
 RUN_SECTIONS = ("time", "stages", "throughput", "sizing")
+MAX_SHARD_ROWS = 500
+"""Shards listed on the page; the manifest lists them all."""
 RUN_TOKEN_FIELDS = ("vtok_per_clip", "frame_sampling_per_clip", "frames_per_clip", "vtok_total_this_run",
                     "frame_sampling_total_this_run", "histogram")
 
@@ -206,6 +210,11 @@ def build_report(
         "skipped": {"by_label": dict(sorted(summary.skipped.items())),
                     "examples": [mask_text(u) for u in summary.skipped_examples]},
         "config": redact(config),
+        "command": reproduce_command(config),
+        "encoder": _encoder_text(config, manifest.get("tokenizer", {})),
+        "shard_files": [{k: f[k] for k in ("file", "rows", "bytes")} for f in manifest.get("shards", [])[:MAX_SHARD_ROWS]],
+        "environment": environment(),
+        "key_frames": [{"caption": mask_text(caption), "png": png_data_uri(frame)} for caption, frame in stats.key_frames],
         "runs": [{
             "started_unix": stats.started_unix,
             "wall_s": summary.wall_time_s,
@@ -220,6 +229,47 @@ def build_report(
         }],
         "shown_run": 0,
     }
+
+
+def reproduce_command(config: Any, job: str = "tokenize") -> str:
+    """The `vtok JOB key=value ...` that makes this config: every key that differs from its default.
+
+    Credentials are left out (redacted); storage_options, a dict, is given as one JSON value.
+    """
+    import shlex
+
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return ""
+    current, default = _flatten(redact(config)), _flatten(redact(type(config)()))
+    args = [f"{k}={_cli_value(v)}" for k, v in current.items() if default.get(k, object()) != v]
+    return shlex.join(["vtok", job, *args])
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, dict) and v and not k.endswith("storage_options"):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cli_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _encoder_text(config: Any, tokenizer: dict[str, Any]) -> str:
+    encoder = getattr(getattr(config, "tokenizer", None), "encoder", None) or "the built-in tiny CLIP"
+    detail = ", ".join(f"{k} {tokenizer[k]}" for k in ("model_type", "hidden_size", "patch_size", "image_size")
+                       if k in tokenizer)
+    return f"{mask_text(str(encoder))} ({detail})" if detail else mask_text(str(encoder))
 
 
 def merge_previous(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -243,7 +293,8 @@ def merge_previous(report: dict[str, Any], previous: dict[str, Any] | None) -> d
         merged["tokens"] = {**report["tokens"], **{k: previous["tokens"][k] for k in RUN_TOKEN_FIELDS}}
         for key in ("clips_this_run", "encoded_this_run", "quarantined_this_run", "shards_written", "shards_skipped"):
             merged["counts"] = {**merged["counts"], key: previous["counts"][key]}
-        merged["config"] = previous.get("config")
+        for key in ("config", "command", "environment", "key_frames"):
+            merged[key] = previous.get(key)
     else:
         merged["shown_run"] = len(merged["runs"]) - 1
     return merged

@@ -11,6 +11,7 @@ import numpy as np
 from pipelines.report_html import (
     CSS,
     PALETTE,
+    Markup,
     card,
     esc,
     fmt_bytes,
@@ -18,6 +19,7 @@ from pipelines.report_html import (
     hbar_svg,
     nice_ticks,
     svg_open,
+    table,
     tick_label,
 )
 
@@ -64,7 +66,7 @@ def timeline_svg(report: dict[str, Any], width: int = 1000, height: int = 300) -
     bucket_s, rates = _bucket_rates(points, t_end, buckets)
     ml, mr, mt, mb = 56, 64, 28, 40
     pw, ph = width - ml - mr, height - mt - mb
-    n_ticks = nice_ticks(0, n_end)
+    n_ticks = nice_ticks(0, n_end, integer=True)
     r_ticks = nice_ticks(0, max(rates, default=0.0) or 1.0)
     t_ticks = nice_ticks(0, t_end, 8)
 
@@ -148,7 +150,7 @@ def histogram_svg(report: dict[str, Any], width: int = 1000, height: int = 280) 
             counts[min(n_bins - 1, int(v / bin_w))] += c
         binned.append((name, counts, colour))
     c_max = max(int(c.max()) for _, c, _ in binned) or 1
-    c_ticks = nice_ticks(0, c_max)
+    c_ticks = nice_ticks(0, c_max, integer=True)
     v_ticks = nice_ticks(0, v_max, 10)
 
     def x(v: float) -> float:
@@ -225,6 +227,33 @@ def _runs_section(report: dict[str, Any]) -> str:
             f"report.json keeps every run's record.</p></section>")
 
 
+def _shards_section(report: dict[str, Any]) -> str:
+    files = report.get("shard_files", [])
+    if not files:
+        return ""
+    rows = [[Markup(f'<a href="{esc(f["file"])}">{esc(f["file"])}</a>'), f"{f['rows']:,}", fmt_bytes(f["bytes"])]
+            for f in files]
+    more = report["counts"]["shard_files"] - len(files)
+    note = f'<p class="note">and {more:,} more: manifest.json lists every shard.</p>' if more > 0 else ""
+    return f"<section><h2>Shards</h2>{table(['file', 'rows', 'bytes'], rows)}{note}</section>"
+
+
+def _run_section(report: dict[str, Any]) -> str:
+    """The key frames of a few clips, the encoder, the command that reproduces the run, and where it ran."""
+    frames = "".join(
+        f'<figure><img src="{k["png"]}" width="96" height="96" alt="key frame"><figcaption>{esc(k["caption"])[:60]}'
+        f"</figcaption></figure>"
+        for k in report.get("key_frames", [])
+    )
+    env = report.get("environment") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    machine = ", ".join(f"{k} {v}" for k, v in env.get("machine", {}).items())
+    rows = [["encoder", report.get("encoder", "")], ["reproduce", Markup(f"<code>{esc(report.get('command', ''))}</code>")],
+            ["libraries", versions], ["machine", machine]]
+    strip = f'<div class="strip">{frames}</div>' if frames else ""
+    return f"<section><h2>The run</h2>{strip}{table(['', ''], rows)}</section>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The self-contained report page."""
     c, t, tm = report["counts"], report["tokens"], report["time"]
@@ -287,6 +316,8 @@ T*S p50 {fs['p50']:.0f}, p90 {fs['p90']:.0f}, max {fs['max']:.0f}. Totals {t['vt
 {stride_text}).</p></section>
 <section><h2>Errors by reason</h2>{error_body}</section>
 {_runs_section(report)}
+{_shards_section(report)}
+{_run_section(report)}
 <section><details><summary><b>Config</b> (credentials redacted)</summary><pre>{esc(config)}</pre></details>
 </section>
 </main></body></html>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -101,7 +102,57 @@ def test_html_is_self_contained_with_the_charts(first_run) -> None:
                   "Errors by reason", "not_a_video", "zero_bytes"):
         assert title in html
     # No scripts and nothing fetched from elsewhere: it opens offline, from a bucket or an attachment.
-    assert "<script" not in html and "src=" not in html and "href=" not in html
+    # Images are inline (data: URIs) and links point at the dataset's own files, relative to the page.
+    assert "<script" not in html
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', html))
+    assert all(href.startswith("shards/") for href in re.findall(r'href="([^"]*)"', html))
+
+
+def test_the_page_lists_shards_encoder_command_and_environment(first_run) -> None:
+    import shlex
+
+    out, _ = first_run
+    report = read_report(str(out))
+    manifest = read_manifest(str(out))
+    assert report["shard_files"] == [{k: f[k] for k in ("file", "rows", "bytes")} for f in manifest["shards"]]
+    html = (out / "report.html").read_text()
+    for f in manifest["shards"]:
+        assert f'<a href="{f["file"]}">' in html
+    assert report["encoder"].startswith("the built-in tiny CLIP (model_type clip_vision_model, hidden_size 64")
+    assert {"ray", "pyarrow", "torch"} <= set(report["environment"]["versions"])
+    assert report["environment"]["machine"]["cpus"] >= 1
+    # The command reproduces the config: loaded back, it is the same job (credentials stay redacted).
+    words = shlex.split(report["command"])
+    assert words[:2] == ["vtok", "tokenize"] and "sink.rows_per_shard=2" in words and "decode.fps=4.0" not in words
+    again = load_tokenize_config([w for w in words[2:] if not w.startswith("storage_options=")])
+    assert again.input == str(out.parents[1] / "mixed0") or again.input.endswith("mixed0")
+    assert again.output == str(out) and again.sink.rows_per_shard == 2
+    assert SECRET not in report["command"]
+
+
+def test_count_axes_have_integer_ticks() -> None:
+    from pipelines.report_html import nice_ticks
+
+    assert nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
+    assert nice_ticks(0, 7, integer=True) == [0, 2, 4, 6, 8]
+    assert all(float(t).is_integer() for t in nice_ticks(0, 13, integer=True))
+    assert nice_ticks(0, 2.2) == [0, 0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_png_data_uri_is_a_real_png() -> None:
+    import base64
+    import io
+
+    import av
+    import numpy as np
+
+    from pipelines.report_html import png_data_uri
+
+    image = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    data = base64.b64decode(png_data_uri(image).split(",", 1)[1])
+    with av.open(io.BytesIO(data), format="png_pipe") as container:
+        frame = next(container.decode(video=0))
+    assert np.array_equal(frame.to_ndarray(format="rgb24"), image)
 
 
 def test_rerun_with_nothing_to_do_keeps_the_working_run(first_run, with_errors: Path, tmp_path: Path) -> None:
