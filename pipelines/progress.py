@@ -32,7 +32,7 @@ class ProgressLine:
         total: int,
         unit: str = "clips",
         label: str = "tokenize",
-        failed_label: str = "quarantined",
+        failed_label: str | None = "quarantined",
         stream: TextIO | None = None,
         tty: bool | None = None,
         log_every_s: float = 10.0,
@@ -46,6 +46,8 @@ class ProgressLine:
         self.started = time.perf_counter()
         self.first_at: float | None = None
         self.done = self.failed = 0
+        self.note = ""
+        """Free text shown after the counts (a training loss, say)."""
         self._last_draw = -1.0
         self._last_log = self.started
         self._width = 0
@@ -65,7 +67,11 @@ class ProgressLine:
                 line += f"  ETA {_duration((self.total - self.done) / rate)}"
         else:
             line += f"  starting workers ({_duration(elapsed)})"
-        line += f"  {self.failed_label} {self.failed:,}  elapsed {_duration(elapsed)}"
+        if self.failed_label:
+            line += f"  {self.failed_label} {self.failed:,}"
+        if self.note:
+            line += f"  {self.note}"
+        line += f"  elapsed {_duration(elapsed)}"
         return line
 
     def update(self, done: int, failed: int = 0) -> None:

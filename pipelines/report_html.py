@@ -180,3 +180,54 @@ def environment() -> dict[str, Any]:
     except ImportError:
         pass
     return {"versions": versions, "machine": machine}
+
+
+SERIES_COLOURS = ("#0f766e", "#ea580c", "#2563eb", "#7c3aed", "#059669", "#dc2626", "#94a3b8")
+
+
+def line_chart_svg(
+    series: list[tuple[str, list[float], list[float]]], label: str, x_label: str, y_label: str,
+    width: int = 1000, height: int = 280,
+) -> str:
+    """Lines on shared axes, e.g. loss curves of two runs; series are (name, xs, ys), colours in order."""
+    points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if np.isfinite(y)]
+    if not points:
+        return f'{svg_open(width, 60, label)}<text x="10" y="34" fill="{PALETTE["axis"]}">no data yet</text></svg>'
+    ml, mr, mt, mb = 64, 20, 34, 40
+    pw, ph = width - ml - mr, height - mt - mb
+    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), 8, integer=True)
+    y_ticks = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
+
+    def x(v: float) -> float:
+        return ml + pw * (v - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1)
+
+    def y(v: float) -> float:
+        return mt + ph * (1 - (v - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1))
+
+    out = [svg_open(width, height, label)]
+    for t in y_ticks:
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{PALETTE["grid"]}"/>'
+                   f'<text x="{ml - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="{PALETTE["axis"]}">{tick_label(t)}</text>')
+    for t in x_ticks:
+        out.append(f'<text x="{x(t):.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="{PALETTE["axis"]}">'
+                   f"{tick_label(t)}</text>")
+    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" fill="{PALETTE["axis"]}">'
+               f"{esc(x_label)}</text>")
+    out.append(f'<text x="14" y="{mt + ph / 2}" transform="rotate(-90 14 {mt + ph / 2})" text-anchor="middle" '
+               f'fill="{PALETTE["axis"]}">{esc(y_label)}</text>')
+    for k, (name, xs, ys) in enumerate(series):
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in zip(xs, ys) if np.isfinite(b))
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        out.append(f'<rect x="{ml + 10 + 200 * k}" y="10" width="12" height="12" fill="{colour}"/>'
+                   f'<text x="{ml + 28 + 200 * k}" y="20">{esc(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def page(title: str, subtitle: str, cards: list[str], sections: list[str]) -> str:
+    """A whole self-contained report page."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><title>{esc(title)}</title><style>{CSS}</style></head>'
+            f'<body><main><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)}</div>'
+            f'<div class="cards">{"".join(cards)}</div>{"".join(sections)}</main></body></html>\n')

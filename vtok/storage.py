@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -211,3 +212,41 @@ def localize_dir(uri: str, storage_options: dict[str, Any] | None = None) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Whole-object write that readers never see half done.
+
+    Locally: a temporary file in the same folder, then rename. On object stores a single PUT only
+    becomes visible once complete, so the bytes go straight to the final key.
+    """
+    if is_local(uri):
+        path = strip_file_scheme(uri)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+        try:
+            honour_umask(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+    fs, path = get_fs(uri, storage_options)
+    fs.pipe_file(path, data)
+
+
+def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any | None:
+    fs, path = get_fs(uri, storage_options)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def write_json(uri: str, value: Any, storage_options: dict[str, Any] | None = None) -> None:
+    write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True).encode(), storage_options)

@@ -34,7 +34,15 @@ from schemas.layout import (
     shard_name,
 )
 from vtok.errors import InputError
-from vtok.storage import get_fs, honour_umask, is_local, join, strip_file_scheme
+from vtok.storage import (
+    get_fs,
+    honour_umask,
+    is_local,
+    join,
+    read_json,
+    strip_file_scheme,
+    write_json,
+)
 
 _REFUSE_HINT = "Write to a new output, or pass sink.mode=overwrite to delete the existing dataset first."
 
@@ -62,32 +70,6 @@ class CommitRecord:
     quarantine_rows: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     frame_counts: dict[str, int] = field(default_factory=dict)  # sampled frames T -> clips, for token stats
-
-
-def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    """Whole-object write that readers never see half done.
-
-    Locally: a temporary file in the same folder, then rename. On object stores a single PUT only
-    becomes visible once complete, so the bytes go straight to the final key.
-    """
-    if is_local(uri):
-        path = strip_file_scheme(uri)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-        try:
-            honour_umask(tmp)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return
-    fs, path = get_fs(uri, storage_options)
-    fs.pipe_file(path, data)
 
 
 def spool_file(uri: str) -> str:
@@ -119,18 +101,6 @@ def publish_file(tmp: str, uri: str, storage_options: dict[str, Any] | None = No
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any | None:
-    fs, path = get_fs(uri, storage_options)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def write_json(uri: str, value: Any, storage_options: dict[str, Any] | None = None) -> None:
-    write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True).encode(), storage_options)
 
 
 def bind_run(output: str, run: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:

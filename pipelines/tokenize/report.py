@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.report_html import environment, fmt_bytes, fmt_s, png_data_uri
-from pipelines.tokenize.manifest import read_json, write_bytes_atomic, write_json
 from pipelines.tokenize.report_page import render_html, sizing_advice
 from schemas.layout import REPORT_FILE, REPORT_HTML
 from schemas.tokens import num_residuals
 from vtok.secrets import mask_text, redact
-from vtok.storage import get_fs, join
+from vtok.storage import get_fs, join, read_json, write_bytes_atomic, write_json
 
 if TYPE_CHECKING:
     from pipelines.tokenize.pipeline import TokenizeSummary

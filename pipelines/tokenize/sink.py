@@ -20,7 +20,6 @@ from pipelines.tokenize.manifest import (
     inputs_digest,
     publish_file,
     spool_file,
-    write_bytes_atomic,
 )
 from pipelines.tokenize.stages.encode import TOKEN_COLUMNS
 from schemas.layout import shard_name
@@ -34,7 +33,7 @@ from schemas.token_shard import (
     token_schema,
 )
 from schemas.webdataset import IDENTITY_FIELD, sample_members, tar_member_info
-from vtok.storage import join
+from vtok.storage import join, write_bytes_atomic
 
 FORMATS = ("parquet", "webdataset")
 SCALAR_COLUMNS = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "source_fps", "height",
