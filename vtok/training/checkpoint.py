@@ -199,9 +199,11 @@ def _local_files(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _check_save_request(
-    tensors: Mapping[str, Any], json_files: Mapping[str, Any], dirs: Mapping[str, Any]
+    tensors: Mapping[str, Any], json_files: Mapping[str, Any], dirs: Mapping[str, Any],
+    files: Mapping[str, Any] | None = None,
 ) -> None:
-    names: list[str] = [*tensors, *json_files, *dirs]
+    files = files or {}
+    names: list[str] = [*tensors, *json_files, *dirs, *files]
     for name in names:
         problem = entry_name_problem(name)
         if problem:
@@ -218,6 +220,11 @@ def _check_save_request(
     for name, folder in dirs.items():
         if not Path(folder).is_dir():
             raise CheckpointError(f"checkpoint folder {name!r}: {folder} is not a local directory")
+    for name, path in files.items():
+        if not name.endswith((TENSOR_SUFFIX, JSON_SUFFIX)):
+            raise CheckpointError(f"checkpoint file {name!r} must end with {TENSOR_SUFFIX} or {JSON_SUFFIX}")
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint file {name!r}: {path} is not a local file")
 
 
 def _hold_sources(uri: str, dirs: dict[str, str | Path]) -> Path | None:
@@ -247,17 +254,20 @@ def save_checkpoint(
     tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     json_files: Mapping[str, Any] | None = None,
     dirs: Mapping[str, str | Path] | None = None,
+    files: Mapping[str, str | Path] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write checkpoint `step` of the run, the `complete` marker last, and return its URI.
 
     `tensors`: file name -> tensors (one safetensors file each); `json_files`: file name -> JSON value;
-    `dirs`: folder name -> a local folder copied whole. An existing folder for `step`, half written or
+    `dirs`: folder name -> a local folder copied whole; `files`: file name -> a local safetensors or JSON
+    file copied byte for byte (one a model wrote itself, with its own metadata). An existing folder for `step`, half written or
     complete, is replaced (its marker withdrawn first). Bad names or non-JSON values fail before any write.
     """
     tensors, json_files, dirs = dict(tensors or {}), dict(json_files or {}), dict(dirs or {})
+    files = dict(files or {})
     uri = join(run_uri, CHECKPOINTS_DIR, step_dir_name(step))
-    _check_save_request(tensors, json_files, dirs)
+    _check_save_request(tensors, json_files, dirs, files)
     # Serialise before touching storage: a JSON error must not cost the old folder for this step.
     encoded = {name: _json_bytes(name, value) for name, value in json_files.items()}
     holding = _hold_sources(uri, dirs)
@@ -274,6 +284,8 @@ def save_checkpoint(
             pub.publish(tmp, name)
         for name, data in encoded.items():
             pub.publish_bytes(data, name)
+        for name, path in files.items():
+            pub.publish_copy(Path(path), name)
         for name, folder in dirs.items():
             for src, rel in _local_files(Path(folder)):
                 pub.publish_copy(src, f"{name}/{rel}")

@@ -1,0 +1,1 @@
+"""Evaluation: the shapes-world questions (TV-Align's categories), judged without Ray."""
