@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from jobs.config import ConfigError
 from vtok.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STORAGE, VtokError
@@ -16,6 +17,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("ray").setLevel(logging.WARNING)
+    # Deprecation notices of libraries about their own internals say nothing a vtok user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -97,9 +97,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.tokenize.report import format_report, read_report
+    from pipelines.train.report import TRAIN_REPORT_KIND, format_train_report
 
-    print("\n".join(format_report(read_report(args.uri))))
+    report = read_report(args.uri)
+    print("\n".join(format_train_report(report) if report.get("kind") == TRAIN_REPORT_KIND else format_report(report)))
     return 0
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    _overrides(p, "train_mllm")
+    p.add_argument("--config", help="YAML config file (default: the shipped train_mllm.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+
+
+def cmd_train_mllm(args: argparse.Namespace) -> int:
+    from jobs.train import load_train_mllm_config, run_mllm
+
+    cfg = load_train_mllm_config(args.overrides, args.config)
+    result = run_mllm(cfg, progress=not args.no_progress)
+    accuracy = result["heldout_accuracy"]
+    print(f"run                {cfg.output} ({'resumed' if result['resumed'] else 'new'}; {cfg.model.tokens} tokens)")
+    print("held-out accuracy  " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items() if k != "clips")
+          + f" ({int(accuracy['clips'])} clips)")
+    print(f"report             {result['report']} (summary: vtok report {cfg.output})")
+    return 0
+
+
+def _train_kind_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["mllm"], help="what to train: mllm (the decoder arrives with its own job)")
+    train_arguments(p)
+
+
+def _load_train_mllm(overrides: list[str], config_file: str | None) -> object:
+    from jobs.train import load_train_mllm_config
+
+    return load_train_mllm_config(overrides, config_file)
+
+
+def _train_mllm_schema() -> type:
+    from jobs.train import TrainMLLMJobConfig
+
+    return TrainMLLMJobConfig
 
 
 def _overrides(p: argparse.ArgumentParser, what: str) -> None:
@@ -215,3 +253,7 @@ register(Command("submit", "run a vtok job on a Ray cluster: vtok submit [--foll
                  _submit_arguments, _run_submit, submittable=False))
 register(Command("jobs", "status, logs, stop and list of submitted jobs", _jobs_arguments, _run_jobs,
                  submittable=False))
+register(Command("train", "train a model on token shards: vtok train mllm data=URI output=RUN ...",
+                 _train_kind_arguments, cmd_train_mllm, submittable=False, config_schema=_train_mllm_schema()))
+register(Command("train-mllm", "the MLLM training job (what vtok train mllm runs; submit it with vtok submit)",
+                 train_arguments, cmd_train_mllm, load_config=_load_train_mllm, config_schema=_train_mllm_schema()))

@@ -45,6 +45,7 @@ class ProgressLine:
         self.enabled = enabled
         self.started = time.perf_counter()
         self.first_at: float | None = None
+        self._first_done = 0
         self.done = self.failed = 0
         self.note = ""
         """Free text shown after the counts (a training loss, say)."""
@@ -61,7 +62,7 @@ class ProgressLine:
         if self.done and self.first_at is not None:
             # Rate from the first result on: start-up (workers, model load) is not throughput.
             span = now - self.first_at
-            rate = (self.done - 1) / span if span > 0 and self.done > 1 else 0.0
+            rate = (self.done - self._first_done) / span if span > 0 and self.done > self._first_done else 0.0
             line += f"  {rate:.2f} {self.unit}/s" if rate else ""
             if rate and self.total > self.done:
                 line += f"  ETA {_duration((self.total - self.done) / rate)}"
@@ -77,7 +78,8 @@ class ProgressLine:
     def update(self, done: int, failed: int = 0) -> None:
         now = time.perf_counter()
         if done and self.first_at is None:
-            self.first_at = now
+            # A resumed job starts part way: its rate counts from where it started, not from 0.
+            self.first_at, self._first_done = now, done
         self.done, self.failed = done, failed
         if not self.enabled:
             return

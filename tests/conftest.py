@@ -99,3 +99,21 @@ def shapes_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     write_corpus(str(out), 6, seed=7, cfg=ShapesConfig(width=64, height=64, num_frames=16, fps=8.0), static_every=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def training_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token shards of 96 single-object shapes-world clips (8 frames each) from the real pipeline, made once."""
+    from pipelines.tokenize.clips import SourceConfig
+    from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+    from pipelines.tokenize.sink import SinkConfig
+    from vtok.shapes import ShapesConfig, write_corpus
+    from vtok.video import DecodeConfig
+
+    root = tmp_path_factory.mktemp("training")
+    cfg = ShapesConfig(width=64, height=64, num_frames=8, fps=8.0, min_objects=1, max_objects=1)
+    manifest = write_corpus(str(root / "corpus"), 96, seed=21, cfg=cfg)
+    out = root / "tokens"
+    run_tokenize(TokenizeConfig(input=manifest, output=str(out), decode=DecodeConfig(fps=8.0, max_frames=8),
+                                source=SourceConfig(), sink=SinkConfig(rows_per_shard=32)), progress=False)
+    return out

@@ -18,7 +18,7 @@ class _Tty(io.StringIO):
 def test_the_line_says_done_total_rate_eta_and_failures() -> None:
     line = ProgressLine(100, stream=io.StringIO(), tty=False)
     assert "0/100 clips" in line.text() and "starting workers" in line.text()
-    line.started, line.first_at = 0.0, 10.0
+    line.started, line.first_at, line._first_done = 0.0, 10.0, 1
     line.done, line.failed = 21, 2
     # 20 clips in the 10 s since the first one: 2 clips/s, 79 left -> 40 s.
     assert line.text(now=20.0) == "tokenize  21/100 clips  21%  2.00 clips/s  ETA 40 s  quarantined 2  elapsed 20 s"

@@ -74,6 +74,7 @@ def test_the_pipeline_driver_imports_neither_torch_nor_transformers(tiny_clip_di
     code = (
         "import sys\n"
         "import jobs.cli, jobs.tokenize, pipelines.tokenize.pipeline\n"
+        "jobs.cli.build_parser()  # every subcommand registered, the training ones too\n"
         "from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec\n"
         f"TokenizerSpec.load(TokenizerConfig(encoder={str(tiny_clip_dir)!r}), 'float32').fingerprint()\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'av', 'decord') if m in sys.modules)\n"

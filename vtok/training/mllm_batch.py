@@ -29,7 +29,7 @@ from vtok.training.losses import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from vtok.models.feature_stats import FeatureStats
-    from vtok.models.mllm import MLLMConfig
+    from vtok.models.mllm_config import MLLMConfig
 
 KEY, RESIDUAL = 0, 1
 """Visual slot kinds: a key (or baseline frame) grid token, a residual step."""

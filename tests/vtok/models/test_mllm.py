@@ -12,7 +12,8 @@ import torch
 
 from vtok.eval.questions import questions_for
 from vtok.models.feature_stats import FeatureStats
-from vtok.models.mllm import FILES, MLLMConfig, VTokLM
+from vtok.models.mllm import FILES, VTokLM
+from vtok.models.mllm_config import MLLMConfig
 from vtok.models.text import load_text_tokenizer
 from vtok.tokenizer import GPhi
 from vtok.training.mllm_batch import MLLMCollator

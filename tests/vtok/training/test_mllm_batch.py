@@ -11,7 +11,7 @@ import torch
 
 from vtok.eval.questions import caption_prompt, questions_for, template_texts
 from vtok.models.feature_stats import FeatureStats
-from vtok.models.mllm import MLLMConfig
+from vtok.models.mllm_config import MLLMConfig
 from vtok.models.text import encode, train_word_tokenizer
 from vtok.shapes import ShapesConfig, generate
 from vtok.training.batching import collate_tokens

@@ -1,0 +1,212 @@
+"""`vtok train mllm` on real token shards with real Ray Train: learns, checkpoints, resumes, recovers, refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from jobs.cli import main
+from jobs.train import load_train_mllm_config, run_mllm
+from pipelines.train.metrics import read_metrics
+from pipelines.train.mllm import run_train_mllm
+from pipelines.train.run import RunMismatchError
+from tests.ray_nodes import stop_process_tree
+from vtok.errors import InputError
+from vtok.training.checkpoint import latest_complete, list_checkpoints
+
+REPO = Path(__file__).resolve().parents[3]
+# Two workers of half a CPU each: data-parallel on the 2-CPU test Ray, a CPU left for Ray Data's reads.
+BASE = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=8", "train.lr=3e-3",
+        "train.log_every_steps=5", "split.heldout_fraction=0.25"]
+STEPS = 120
+
+
+def _args(data: Path, out: Path | str, *extra: str) -> list[str]:
+    return [f"data={data}", f"output={out}", *BASE, *extra]
+
+
+@pytest.fixture(scope="module")
+def vtok_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mllm") / "vtok"
+    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=40"))
+    return out, run_mllm(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mllm") / "frames"
+    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=60",
+                                       "model.tokens=frame_sampling", "model.frames=2"))
+    return out, run_mllm(cfg, progress=False)
+
+
+def test_loss_falls_and_metrics_have_every_step(vtok_run) -> None:
+    out, _ = vtok_run
+    records = read_metrics(str(out))
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    first = sum(r["loss"] for r in records[:10]) / 10
+    last = sum(r["loss"] for r in records[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("run", ["vtok_run", "baseline_run"])
+def test_heldout_colour_accuracy_is_above_chance(run: str, request: pytest.FixtureRequest) -> None:
+    _, result = request.getfixturevalue(run)
+    accuracy = result["heldout_accuracy"]
+    # Single-object clips: "what color is the <shape>?" over the generator's 7 colours: chance 1/7.
+    assert accuracy["clips"] >= 15
+    assert accuracy["color"] > 2 / 7, accuracy
+
+
+def test_checkpoints_layout_retention_and_one_call_load(vtok_run) -> None:
+    from vtok.models.mllm import VTokLM
+    from vtok.tokenizer import GPhi
+
+    out, _ = vtok_run
+    steps = [c.step for c in list_checkpoints(str(out)) if c.complete]
+    assert steps == [40, 80, 120]  # keep_last 3 of every 40 steps
+    ckpt = out / "checkpoints" / "step_00000120"
+    for name in ("complete", "trainable.safetensors", "g_phi.safetensors", "optimizer.safetensors",
+                 "optimizer.json", "state.json", "config.json", "data.json", "feature_stats.safetensors",
+                 "text_tokenizer/tokenizer.json"):
+        assert (ckpt / name).is_file(), name
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 120
+    data = json.loads((ckpt / "data.json").read_text())
+    assert data["fingerprint"] == json.loads((Path(data["data"]) / "manifest.json").read_text())["fingerprint"]
+    model = VTokLM.from_pretrained(ckpt)
+    trainable = load_file(str(ckpt / "trainable.safetensors"))
+    assert all(model.trainable_state_dict()[k].equal(v) for k, v in trainable.items())
+    # The checkpoint's g_phi is the tokenizer's GPhi: it plugs into `vtok tokenize tokenizer.g_phi=...`.
+    g_phi = GPhi.from_safetensors(ckpt / "g_phi.safetensors")
+    assert all(a.equal(b) for a, b in zip(g_phi.state_dict().values(), model.g_phi.state_dict().values()))
+    assert not list((ckpt).glob("*.pt")) and not list(ckpt.rglob("*.pkl")) and not list(ckpt.rglob("*.bin"))
+
+
+def test_report_and_vtok_report(vtok_run, baseline_run, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.train.report import write_train_report
+
+    out, _ = vtok_run
+    page = (out / "report.html").read_text()
+    assert "loss_understanding" in page and "loss_generation" in page and "<svg" in page
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"steps              {STEPS}" in text and "held-out color" in text
+    # Two runs on the same axes.
+    cfg = load_train_mllm_config([f"data={out}", f"output={out}"])
+    write_train_report(str(out), cfg, compare=[str(baseline_run[0])])
+    page = (out / "report.html").read_text()
+    assert page.count("<polyline") >= 2 * 4  # loss, both task losses and throughput: two lines each
+
+
+def test_an_injected_worker_fault_recovers_from_the_last_checkpoint(
+    ray_local, training_tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.train.loop import FAULT_ENV
+
+    out = tmp_path / "faulty"
+    monkeypatch.setenv(FAULT_ENV, "7")  # VTOK_* variables reach the Ray Train workers
+    cfg = load_train_mllm_config(_args(training_tokens, out, "train.steps=10", "checkpoint.every_steps=5",
+                                       "scaling.num_workers=1"))
+    run_train_mllm(cfg, progress=False)
+    assert (out / ".fault-injected-7").exists()
+    records = read_metrics(str(out))
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert latest_complete(str(out)).step == 10
+
+
+def test_sigkill_of_the_driver_then_rerun_resumes_to_the_weights_of_an_uninterrupted_run(
+    ray_local, training_tokens: Path, tmp_path: Path
+) -> None:
+    import tempfile
+
+    out = tmp_path / "killed"
+    one = ["train.steps=16", "checkpoint.every_steps=4", "scaling.num_workers=1"]
+    ray_tmp = tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "mllm", *_args(training_tokens, out, *one),
+           f"ray.temp_dir={ray_tmp}", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out / "checkpoints" / "step_00000008" / "complete").exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        time.sleep(0.2)
+    stop_process_tree(proc, ray_tmp, signal.SIGKILL)
+    done = latest_complete(str(out)).step
+    assert 8 <= done < 16, done
+    # The same command again (in this process, on the test session's Ray, to save a Ray start-up).
+    assert run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *one)), progress=False)["resumed"]
+    assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 17))
+    assert latest_complete(str(out)).step == 16
+    # One worker, one seed: the interrupted run ends with the very weights of an uninterrupted one.
+    straight = tmp_path / "straight"
+    run_train_mllm(load_train_mllm_config(_args(training_tokens, straight, *one)), progress=False)
+    a = load_file(str(straight / "checkpoints/step_00000016/trainable.safetensors"))
+    b = load_file(str(out / "checkpoints/step_00000016/trainable.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_training_on_s3(ray_local, training_tokens: Path, s3_bucket: str) -> None:
+    import fsspec
+
+    out = f"s3://{s3_bucket}/runs/mllm"
+    run_mllm(load_train_mllm_config(_args(training_tokens, out, "train.steps=4", "checkpoint.every_steps=2",
+                                          "scaling.num_workers=1", "split.heldout_fraction=0.05")), progress=False)
+    fs = fsspec.filesystem("s3")
+    assert fs.exists(f"{s3_bucket}/runs/mllm/checkpoints/step_00000004/complete")
+    assert [c.step for c in list_checkpoints(out) if c.complete] == [2, 4]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert fs.exists(f"{s3_bucket}/runs/mllm/report.html")
+
+
+# ---- bad input is refused before training starts, naming the key or URI
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["train", "mllm", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_are_named(ray_local, training_tokens: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not a token dataset" in _refused(_args(empty, tmp_path / "r0"), capsys)
+    copy = tmp_path / "v0"
+    shutil.copytree(training_tokens, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": "0"}))
+    assert "schema version '0'" in _refused(_args(copy, tmp_path / "r1"), capsys)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "shards": []}))
+    assert "no committed shards" in _refused(_args(copy, tmp_path / "r2"), capsys)
+    no_frames = {**manifest, "tokenizer": {**manifest["tokenizer"], "frame_tokens": False}}
+    (copy / "manifest.json").write_text(json.dumps(no_frames))
+    assert "needs frame_tokens" in _refused(_args(copy, tmp_path / "r3", "model.tokens=frame_sampling"), capsys)
+    assert "model.frames=9 exceeds the shortest clip's T=8" in _refused(
+        _args(training_tokens, tmp_path / "r4", "model.tokens=frame_sampling", "model.frames=9"), capsys)
+    assert "held-out split" in _refused(_args(training_tokens, tmp_path / "r5", "split.heldout_fraction=0.0"), capsys)
+    vision = tmp_path / "vision"
+    from vtok.vision_models import save_tiny_vision_model
+
+    save_tiny_vision_model(vision, "clip")
+    assert "is not a causal LM" in _refused(_args(training_tokens, tmp_path / "r6", f"model.llm={vision}"), capsys)
+    assert "unknown config key 'train.step'" in _refused(_args(training_tokens, tmp_path / "r7", "train.step=3"),
+                                                          capsys)
+
+
+def test_resuming_with_another_token_mode_is_refused(vtok_run, training_tokens: Path) -> None:
+    out, _ = vtok_run
+    cfg = load_train_mllm_config(_args(training_tokens, out, "model.tokens=frame_sampling"))
+    with pytest.raises(RunMismatchError, match="model.tokens='vtok', this run has model.tokens='frame_sampling'"):
+        run_mllm(cfg, progress=False)
+    assert isinstance(RunMismatchError("x"), InputError)
