@@ -53,6 +53,7 @@ def decode_batch(
         "error_reason": [],
         "error_message": [],
         "decode_s": [],
+        "key_frame_thumb": [],
     }
     # Rows from before listings could carry an error have no such columns.
     known_reason = batch.get("error_reason")
@@ -86,6 +87,7 @@ def decode_batch(
         out["clip_start_s"][i] = clip.clip_start_s
         out["clip_end_s"][i] = clip.clip_end_s
         columns["frames"].append(to_npy(clip.frames))
+        columns["key_frame_thumb"].append(to_npy(key_frame_thumb(clip.frames[0])))
         columns["frame_indices"].append(to_npy(clip.frame_indices.astype(np.int64)))
         columns["source_fps"].append(float(clip.info.source_fps))
         columns["height"].append(int(clip.info.height))
@@ -112,8 +114,19 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+THUMB_SIDE = 64
+"""Side of the key-frame thumbnail the run report shows (a few KiB per clip next to MiB of frames)."""
+
+
+def key_frame_thumb(frame: np.ndarray) -> np.ndarray:
+    """The key frame [H, W, 3] subsampled to about THUMB_SIDE pixels a side, for the report page."""
+    step = max(1, max(frame.shape[:2]) // THUMB_SIDE)
+    return np.ascontiguousarray(frame[::step, ::step])
+
+
 def _append_error(columns: dict[str, list[Any]], reason: str, message: str) -> None:
     columns["frames"].append(b"")
+    columns["key_frame_thumb"].append(b"")
     columns["frame_indices"].append(b"")
     columns["source_fps"].append(0.0)
     columns["height"].append(0)

@@ -128,6 +128,8 @@ def test_the_page_lists_shards_encoder_command_and_environment(first_run) -> Non
     assert again.input == str(out.parents[1] / "mixed0") or again.input.endswith("mixed0")
     assert again.output == str(out) and again.sink.rows_per_shard == 2
     assert SECRET not in report["command"]
+    # Key frames of the first clips, inline: 3 good clips of 64x64 (the tiny CLIP's input size).
+    assert len(report["key_frames"]) == 3 and html.count('src="data:image/png;base64,') == 3
 
 
 def test_count_axes_have_integer_ticks() -> None:
