@@ -103,7 +103,7 @@ def shapes_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def training_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Token shards of 96 single-object shapes-world clips (8 frames each) from the real pipeline, made once."""
+    """Token shards of 160 single-object shapes-world clips (8 frames each) from the real pipeline, made once."""
     from pipelines.tokenize.clips import SourceConfig
     from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
     from pipelines.tokenize.sink import SinkConfig
@@ -112,7 +112,7 @@ def training_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     root = tmp_path_factory.mktemp("training")
     cfg = ShapesConfig(width=64, height=64, num_frames=8, fps=8.0, min_objects=1, max_objects=1)
-    manifest = write_corpus(str(root / "corpus"), 96, seed=21, cfg=cfg)
+    manifest = write_corpus(str(root / "corpus"), 160, seed=21, cfg=cfg)
     out = root / "tokens"
     run_tokenize(TokenizeConfig(input=manifest, output=str(out), decode=DecodeConfig(fps=8.0, max_frames=8),
                                 source=SourceConfig(), sink=SinkConfig(rows_per_shard=32)), progress=False)

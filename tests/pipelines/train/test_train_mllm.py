@@ -24,9 +24,9 @@ from vtok.training.checkpoint import latest_complete, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[3]
 # Two workers of half a CPU each: data-parallel on the 2-CPU test Ray, a CPU left for Ray Data's reads.
-BASE = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=8", "train.lr=3e-3",
-        "train.log_every_steps=5", "split.heldout_fraction=0.25"]
-STEPS = 120
+BASE = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=8", "train.lr=2e-3",
+        "train.log_every_steps=5", "split.heldout_fraction=0.2", "model.llm_mode=full"]
+STEPS = 280
 
 
 def _args(data: Path, out: Path | str, *extra: str) -> list[str]:
@@ -36,14 +36,16 @@ def _args(data: Path, out: Path | str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def vtok_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("mllm") / "vtok"
-    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=40"))
+    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=40",
+                                       "scaling.num_workers=1", "scaling.cpus_per_worker=1", "train.batch_size=16",
+                                       "train.warmup_steps=0", "train.grad_clip=0"))
     return out, run_mllm(cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
 def baseline_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("mllm") / "frames"
-    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=60",
+    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=140",
                                        "model.tokens=frame_sampling", "model.frames=2"))
     return out, run_mllm(cfg, progress=False)
 
@@ -73,13 +75,13 @@ def test_checkpoints_layout_retention_and_one_call_load(vtok_run) -> None:
 
     out, _ = vtok_run
     steps = [c.step for c in list_checkpoints(str(out)) if c.complete]
-    assert steps == [40, 80, 120]  # keep_last 3 of every 40 steps
-    ckpt = out / "checkpoints" / "step_00000120"
+    assert steps == [200, 240, 280]  # keep_last 3 of every 40 steps
+    ckpt = out / "checkpoints" / "step_00000280"
     for name in ("complete", "trainable.safetensors", "g_phi.safetensors", "optimizer.safetensors",
                  "optimizer.json", "state.json", "config.json", "data.json", "feature_stats.safetensors",
                  "text_tokenizer/tokenizer.json"):
         assert (ckpt / name).is_file(), name
-    assert json.loads((ckpt / "state.json").read_text())["step"] == 120
+    assert json.loads((ckpt / "state.json").read_text())["step"] == STEPS
     data = json.loads((ckpt / "data.json").read_text())
     assert data["fingerprint"] == json.loads((Path(data["data"]) / "manifest.json").read_text())["fingerprint"]
     model = VTokLM.from_pretrained(ckpt)
