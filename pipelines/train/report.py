@@ -47,7 +47,12 @@ def summarize(run_uri: str, config: Any, storage_options: dict[str, Any] | None 
 
 def write_train_report(run_uri: str, config: Any, storage_options: dict[str, Any] | None = None,
                        extra: dict[str, Any] | None = None, compare: list[str] | None = None) -> str:
-    """Write RUN/report.json and RUN/report.html; returns the page's URI."""
+    """Write RUN/report.json and RUN/report.html; returns the page's URI.
+
+    A report rewritten without `extra` (to add a comparison, say) keeps the held-out figures it had."""
+    if extra is None:
+        previous = read_json(join(run_uri, REPORT_FILE), storage_options) or {}
+        extra = {"heldout": previous["heldout"]} if previous.get("heldout") else None
     report = summarize(run_uri, config, storage_options, extra)
     write_json(join(run_uri, REPORT_FILE), report, storage_options)
     runs = {run_uri: read_metrics(run_uri, storage_options)}

@@ -107,6 +107,7 @@ def test_report_and_vtok_report(vtok_run, baseline_run, capsys: pytest.CaptureFi
     write_train_report(str(out), cfg, compare=[str(baseline_run[0])])
     page = (out / "report.html").read_text()
     assert page.count("<polyline") >= 2 * 4  # loss, both task losses and throughput: two lines each
+    assert json.loads((out / "report.json").read_text())["heldout"]["color"] > 0  # kept through the rewrite
 
 
 def test_an_injected_worker_fault_recovers_from_the_last_checkpoint(
