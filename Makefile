@@ -35,8 +35,10 @@ bench: venv
 	$(PY) -m bench.decode
 	$(PY) -m bench.tokens
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.first_clip
 	$(PY) -m bench.memory
 	$(PY) -m bench.s3
+	$(PY) -m bench.train
 	$(PY) -m bench.gpu_encoder $(if $(shell command -v nvidia-smi),,--device cpu --quick)
 
 lock: venv

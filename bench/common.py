@@ -271,3 +271,24 @@ class TreeCpu:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def git_worktree(rev: str, prefix: str = "vtok-bench-rev-") -> tuple[Path, bool]:
+    """A detached git worktree of `rev` under /tmp (for a 'before' contender); (its path, made now).
+
+    An existing worktree of the same commit is reused and reported as not made now, so a caller
+    removes only what it made (`remove_worktree`).
+    """
+    import tempfile
+
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], check=True, capture_output=True, text=True).stdout.strip()
+    tree = Path(tempfile.gettempdir()) / f"{prefix}{sha}"
+    if tree.is_dir():
+        return tree, False
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], check=True, capture_output=True)
+    return tree, True
+
+
+def remove_worktree(tree: Path) -> None:
+    """Remove a worktree made by `git_worktree` (its files and git's record of it)."""
+    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False, capture_output=True)

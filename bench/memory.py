@@ -136,7 +136,7 @@ _KINDS = (
     ("bench.memory", "driver"),
     ("EncodeStage", "encoder actor"),
     ("decode_batch", "decode worker"),
-    ("spawn_main", "isolated decoder"),
+    ("vtok.isolated import _child_main", "isolated decoder"),
     ("ray::IDLE", "idle worker"),
 )
 _KIND_RANK = {kind: rank for rank, (_, kind) in enumerate(_KINDS)} | {"raylet": 10, "gcs": 11}

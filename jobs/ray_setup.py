@@ -40,7 +40,7 @@ def init_ray(cfg: RayConfig) -> None:
     # Every worker of a vtok job runs Ray Data (map tasks, pool actors, its stats actors), so each imports it
     # (~1.2 CPU-s) as it starts instead of when its first task arrives: the workers ray.init prestarts do it
     # while ray.init is still waiting on Ray's daemons, and the encoder actor, which lands on one of them,
-    # starts loading its model ~2-3 s sooner (BENCHMARKS.md, "First clip").
+    # starts loading its model ~1 s sooner on the demo (BENCHMARKS.md, "First clip").
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
              logging_level=logging.WARNING, _system_config={"preload_python_modules": ["ray.data"]})
 
