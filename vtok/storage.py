@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,22 +193,33 @@ def localize_dir(uri: str, storage_options: dict[str, Any] | None = None) -> Pat
     listing = "\n".join(f"{f}:{fs.size(f)}" for f in files)
     digest = hashlib.sha256(f"{uri}\n{listing}".encode()).hexdigest()[:16]
     target = cache_root() / "remote" / digest
+
+    def fill(staging: Path) -> None:
+        for remote in files:
+            local = staging / remote[len(root.rstrip("/")) + 1 :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+
+    return build_once(target, fill)
+
+
+def build_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`target` made by `fill(staging_folder)` and renamed into place, unless it exists already.
+
+    Readers never see a half-made folder; when two processes build it at once, the first rename wins and
+    the other's identical copy is dropped.
+    """
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     honour_umask(staging)
     try:
-        for remote in files:
-            rel = remote[len(root.rstrip("/")) + 1 :]
-            local = staging / rel
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local))
+        fill(staging)
         try:
             staging.rename(target)
         except OSError:
-            # Another worker finished first; its copy is identical.
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -8,11 +8,9 @@ load only inside the functions that build a model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from vtok.storage import cache_root, honour_umask
+from vtok.storage import build_once, cache_root
 
 # The normalisation each family was trained with; used when a model directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,12 +50,4 @@ def ensure_tiny_clip() -> Path:
     target = cache_root() / "models" / TINY_CLIP_NAME
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    honour_umask(staging)
-    save_tiny_vision_model(staging, "clip", seed=0)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a concurrent process saved it first
-    return target
+    return build_once(target, lambda staging: save_tiny_vision_model(staging, "clip", seed=0))

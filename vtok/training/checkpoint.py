@@ -39,7 +39,7 @@ from schemas.checkpoint import (
     validate_checkpoint_listing,
 )
 from vtok.errors import InputError
-from vtok.storage import cache_root, get_fs, honour_umask, is_local, join, strip_file_scheme
+from vtok.storage import build_once, cache_root, get_fs, honour_umask, is_local, join, strip_file_scheme
 
 _CHUNK = 8 << 20
 
@@ -384,28 +384,19 @@ def _download_dirs(
         return {}
     identity = hashlib.sha256(f"{uri}\n{json.dumps(marker, sort_keys=True)}".encode()).hexdigest()[:16]
     target = cache_root() / "checkpoints" / identity
-    if not target.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-        honour_umask(staging)
-        try:
-            for name in marker["dirs"]:
-                (staging / name).mkdir(exist_ok=True)
-            for rel, record in records.items():
-                if "/" not in rel:
-                    continue
-                local = staging / rel
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{root}/{rel}", str(local))
-                _verified(uri, local, record, verify)
-            try:
-                staging.rename(target)
-            except OSError:
-                # Another process finished the same download first; its copy is identical.
-                shutil.rmtree(staging, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+    def fill(staging: Path) -> None:
+        for name in marker["dirs"]:
+            (staging / name).mkdir(exist_ok=True)
+        for rel, record in records.items():
+            if "/" not in rel:
+                continue
+            local = staging / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/{rel}", str(local))
+            _verified(uri, local, record, verify)
+
+    build_once(target, fill)
     return {name: target / name for name in marker["dirs"]}
 
 
