@@ -180,7 +180,8 @@ def _split_rows(cfg: TrainMLLMConfig) -> tuple[Any, Any]:
     import vtok
     from vtok.training.split import is_heldout
 
-    # Batches in the shards' order: with one worker and one seed, a run (resumed or not) sees the same batches.
+    # The driver's own reads (the feature statistics over the first rows) see the same rows every run; the
+    # training ingest sets its order in fit(), as Ray Train does not take it from this context.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     columns = ["sample_key", "caption", "attributes", "key_tokens"]
     columns.append("residual_features" if cfg.model.tokens == "vtok" else "frame_tokens")

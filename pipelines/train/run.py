@@ -60,6 +60,7 @@ def fit(task: TrainTask, spec: LoopSpec, datasets: dict[str, Any], scaling: Scal
         name: str, progress: bool = True) -> None:
     """Train with Ray Train (TorchTrainer) until spec.train.steps; a worker failure restarts from the last checkpoint."""
     import ray.train
+    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     # vtok keeps its own checkpoints under RUN/checkpoints; Ray Train's storage holds only its run state.
@@ -78,6 +79,10 @@ def fit(task: TrainTask, spec: LoopSpec, datasets: dict[str, Any], scaling: Scal
             worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("VTOK_")}},
         ),
         datasets=datasets,
+        # Batches in the shards' order, so a resumed run sees the batches an uninterrupted one would. Set here,
+        # not through the driver's DataContext: Ray Train resolves its ingest options in its controller actor,
+        # whose DataContext does not carry the driver's preserve_order (batches came in finish order there).
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     watcher = _ProgressWatcher(spec, enabled=progress)
     watcher.start()
