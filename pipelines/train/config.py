@@ -77,6 +77,8 @@ class TrackingSettings:
     """Where metrics go besides RUN/metrics.jsonl and Ray Train."""
 
     mlflow_uri: str | None = None
-    """MLflow tracking URI (a server, or a local file store such as file:///tmp/mlruns); None: no MLflow."""
+    """MLflow tracking URI: a server (http://HOST:5000) or a local SQLite store (sqlite:///PATH/mlflow.db;
+    MLflow 3 refuses file:// stores unless MLFLOW_ALLOW_FILE_STORE=true); None: no MLflow. Needs
+    `pip install 'vtok[tracking]'`; checked before training starts."""
     experiment: str = "vtok"
     """MLflow experiment name."""

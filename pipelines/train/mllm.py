@@ -26,11 +26,13 @@ from typing import Any
 
 from pipelines.train.config import CheckpointSettings, ScalingSettings, TrackingSettings, TrainSettings
 from pipelines.train.loop import LoopSpec
+from pipelines.train.metrics import check_mlflow
 from pipelines.train.run import bind_training_run, fit, flat_config
 from schemas.checkpoint import CONFIG, DATA, FEATURE_STATS, G_PHI, LLM_DIR, TEXT_TOKENIZER_DIR, TRAINABLE
 from schemas.token_shard import SCHEMA_VERSION
 from vtok.errors import InputError
 from vtok.models.mllm_config import MLLMConfig
+from vtok.secrets import redact
 from vtok.storage import join, localize_dir
 
 logger = logging.getLogger(__name__)
@@ -248,9 +250,22 @@ def prepare(cfg: TrainMLLMConfig, train_ds: Any) -> tuple[str, str, str]:
     return tokenizer_uri, llm_uri, prepared
 
 
+def loop_spec(cfg: TrainMLLMConfig) -> LoopSpec:
+    """What every worker's loop is told: the settings, and MLflow's (the config as parameters, credentials
+    and storage options left out)."""
+    return LoopSpec(run_uri=cfg.output, train=cfg.train, checkpoint=cfg.checkpoint,
+                    storage_options=cfg.storage_options or None, use_gpu=cfg.scaling.use_gpu,
+                    cpus_per_worker=cfg.scaling.cpus_per_worker,
+                    mlflow_uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,
+                    run_name=join(cfg.output, "").rstrip("/").rsplit("/", 1)[-1],
+                    params={k: v for k, v in flat_config(redact(cfg)).items() if not k.startswith("storage_options")})
+
+
 def run_train_mllm(cfg: TrainMLLMConfig, progress: bool = True) -> dict[str, Any]:
     """Check, prepare, bind, train; returns what the run did (for the console and the report)."""
     manifest = check_data(cfg)
+    if cfg.tracking.mlflow_uri:
+        check_mlflow(cfg.tracking.mlflow_uri, cfg.tracking.experiment)
     train_ds, held_ds = _split_rows(cfg)
     if held_ds.count() == 0:
         raise InputError(f"the held-out split of {cfg.split.heldout_data or cfg.data} is empty: raise "
@@ -268,12 +283,7 @@ def run_train_mllm(cfg: TrainMLLMConfig, progress: bool = True) -> dict[str, Any
     if sum(f["bytes"] for f in manifest["shards"]) <= cfg.materialize_bytes:
         # Small enough to hold: epochs then replay blocks from the object store instead of re-reading shards.
         train_ds = train_ds.materialize()
-    spec = LoopSpec(run_uri=cfg.output, train=cfg.train, checkpoint=cfg.checkpoint,
-                    storage_options=cfg.storage_options or None, use_gpu=cfg.scaling.use_gpu,
-                    cpus_per_worker=cfg.scaling.cpus_per_worker,
-                    mlflow_uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,
-                    run_name=join(cfg.output, "").rstrip("/").rsplit("/", 1)[-1],
-                    params=flat_config(dataclasses.asdict(cfg)))
+    spec = loop_spec(cfg)
     logger.info("%s run %s: %s tokens, LM %s (%s)", "resuming" if resumed else "starting", cfg.output,
                 cfg.model.tokens, llm_uri, cfg.model.llm_mode)
     name = "vtok-mllm-" + hashlib.sha256(cfg.output.encode()).hexdigest()[:12]

@@ -19,6 +19,7 @@ from pipelines.train.config import ScalingSettings
 from pipelines.train.loop import LoopSpec, TrainTask, train_loop
 from pipelines.train.metrics import read_metrics
 from vtok.errors import InputError
+from vtok.secrets import is_secret_name
 from vtok.storage import is_local, join, read_json, strip_file_scheme, write_json
 
 RUN_FILE = "run.json"
@@ -75,8 +76,10 @@ def fit(task: TrainTask, spec: LoopSpec, datasets: dict[str, Any], scaling: Scal
         ),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
-            # vtok's own settings (VTOK_CACHE, ...) reach the workers as they reach the driver.
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("VTOK_")}},
+            # vtok's own settings (VTOK_CACHE, ...) and MLflow's (MLFLOW_ALLOW_FILE_STORE, ...) reach the workers
+            # as they reach the driver; credentials (MLFLOW_TRACKING_TOKEN, ...) come from the workers' own env.
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                             if k.startswith("VTOK_") or (k.startswith("MLFLOW_") and not is_secret_name(k))}},
         ),
         datasets=datasets,
         # Batches in the shards' order, so a resumed run sees the batches an uninterrupted one would. Set here,
