@@ -26,6 +26,23 @@ from schemas.tokens import frame_sampling_tokens, num_residuals, vtok_tokens
 
 T_VALUES = (16, 32, 64)
 CLIP_L_336 = {"name": "CLIP ViT-L/14-336", "hidden": 1024}
+# Decoder targets (targets.*): frames_lowres at this side; latents of the largest 1 + 4k frames in the clip.
+LOWRES_SIDE = 32
+WAN_VAE = {"name": "WAN2.1 AutoencoderKLWan", "channels": 16, "spatial": 8, "temporal": 4, "size": 336}
+
+
+def vae_frames_for(t: int) -> int:
+    """The largest frame count Wan's VAE takes (1 + 4k) that the clip's t sampled frames cover."""
+    return 1 + 4 * ((t - 1) // 4)
+
+
+def analytic_targets(t: int, side: int = LOWRES_SIDE, vae: dict[str, Any] = WAN_VAE) -> dict[str, Any]:
+    """Raw bytes of one clip's decoder targets: frames_lowres [T, side, side, 3] uint8, latents float32."""
+    frames = vae_frames_for(t)
+    latent = [vae["channels"], 1 + (frames - 1) // vae["temporal"], vae["size"] // vae["spatial"],
+              vae["size"] // vae["spatial"]]
+    return {"frames_lowres_shape": [t, side, side, 3], "frames_lowres_bytes": t * side * side * 3,
+            "latents_shape": latent, "latents_bytes": int(np.prod(latent)) * 4, "vae_frames": frames}
 
 
 def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024) -> dict[str, Any]:
@@ -47,16 +64,19 @@ def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024) -> dict[st
     }
 
 
-def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
-    """Tokenize the clips at t frames; Parquet bytes of the VTok and baseline columns per clip."""
+def measured(t: int, uris: list[str], tokenizer: Any, vae: Any) -> dict[str, Any]:
+    """Tokenize the clips at t frames; Parquet bytes of the VTok and baseline columns per clip, and of the
+    decoder targets (written in a table of their own, so the token figures stay what they were)."""
 
     from pipelines.tokenize.sink import build_token_table
+    from pipelines.tokenize.targets import lowres_frames, vae_input_frames
     from schemas.token_shard import shard_metadata
     from vtok import __version__
     from vtok.video import DecodeConfig, decode_clip
 
     cfg = DecodeConfig(fps=None, num_frames=t, max_frames=t, size=tokenizer.image_size)
     records: list[dict[str, Any]] = []
+    targets: list[dict[str, np.ndarray]] = []
     for uri in uris:
         clip = decode_clip(uri, cfg)
         assert len(clip.frame_indices) == t, f"{uri}: {len(clip.frame_indices)} frames, expected {t}"
@@ -70,7 +90,11 @@ def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
                 "residual_tokens": None, "frame_tokens": tokens.frame_tokens,
             }
         )
+        targets.append({"frames_lowres": lowres_frames(clip.frames, LOWRES_SIDE),
+                        "latents": vae.encode(vae_input_frames(clip.frames, vae_frames_for(t), tokenizer.image_size))})
     meta = shard_metadata(tokenizer.fingerprint, tokenizer.describe(), __version__)
+    target_table = build_token_table([r | x for r, x in zip(records, targets)], meta)
+    target_stored, _ = _stored_bytes(target_table, _write_variants(target_table)["sink"])
     table_ = build_token_table(records, meta)
     variants = {name: _stored_bytes(table_, options) for name, options in _write_variants(table_).items()}
     stored, file_bytes = variants["sink"]
@@ -95,6 +119,11 @@ def measured(t: int, uris: list[str], tokenizer: Any) -> dict[str, Any]:
         "frame_sampling_compression": frames_stored / frames_raw,
         "file_bytes_per_clip": file_bytes / n,
         "column_bytes_per_clip": {k: v / n for k, v in stored.items()},
+        "targets": {
+            column: {"shape": list(targets[0][column].shape), "raw_bytes": targets[0][column].nbytes,
+                     "stored_bytes": target_stored[column] / n}
+            for column in ("frames_lowres", "latents")
+        },
         "write_variants": {
             name: {
                 "vtok_stored_bytes": (cols["key_tokens"] + cols["residual_features"]) / n,
@@ -152,12 +181,14 @@ def main() -> None:
     from bench.pipeline import make_corpus
     from vtok.tokenizer import VTokTokenizer
     from vtok.tokenizer_spec import TokenizerConfig
+    from vtok.video_vae import VideoVAE, ensure_tiny_wan_vae, read_vae_spec
 
     # 128x128 shapes-world videos of 64 frames: every T up to 64 samples distinct frames.
     manifest = make_corpus(num_clips, 128, 128, max(T_VALUES), 8.0)
     root = manifest.rsplit("/", 1)[0]
     uris = [f"{root}/videos/shapes_{i:06d}.mp4" for i in range(num_clips)]
     tokenizer = VTokTokenizer(TokenizerConfig(device="cpu"))
+    vae = VideoVAE(read_vae_spec(str(ensure_tiny_wan_vae())), "cpu")
     cfg = dataclasses.asdict(tokenizer.cfg)
 
     rows: list[list[Any]] = []
@@ -165,13 +196,14 @@ def main() -> None:
     for t in T_VALUES:
         log(f"T = {t}: tokenizing {num_clips} clips")
         a = analytic(t, tokenizer.cfg.grid, tokenizer.cfg.residual_stride, CLIP_L_336["hidden"])
-        m = measured(t, uris, tokenizer)
+        m = measured(t, uris, tokenizer, vae)
         assert m["vtok_tokens"] == a["vtok_tokens"] and m["frame_sampling_tokens"] == a["frame_sampling_tokens"]
         projected = {
             "vtok_bytes": a["vtok_bytes_fp32"] * m["vtok_compression"],
             "frame_sampling_bytes": a["frame_sampling_bytes_fp32"] * m["frame_sampling_compression"],
         }
-        results.append({"T": t, "analytic_clip_l_336": a, "measured_tiny": m, "projected_clip_l_336": projected})
+        results.append({"T": t, "analytic_clip_l_336": a, "measured_tiny": m, "projected_clip_l_336": projected,
+                        "analytic_targets": analytic_targets(t)})
         rows.append([
             t, f"{a['vtok_tokens']} = {a['S']} + {a['R']}", a["frame_sampling_tokens"], a["token_ratio"],
             a["vtok_bytes_fp32"] / 1024, a["frame_sampling_bytes_fp32"] / 1024,
@@ -191,11 +223,26 @@ def main() -> None:
             vrows.append([r["T"], name, v["vtok_stored_bytes"] / 1024, v["frame_sampling_stored_bytes"] / 1024,
                           v["frame_sampling_stored_bytes"] / v["vtok_stored_bytes"],
                           v["vtok_stored_bytes"] / (r["measured_tiny"]["vtok_tokens"] * r["measured_tiny"]["D"] * 4)])
+    trows = []
+    for r in results:
+        m, a, tt = r["measured_tiny"], r["analytic_clip_l_336"], r["analytic_targets"]
+        lowres, latents = m["targets"]["frames_lowres"], m["targets"]["latents"]
+        trows.append([
+            r["T"], a["vtok_bytes_fp32"] / 1024, tt["frames_lowres_bytes"] / 1024, lowres["stored_bytes"] / 1024,
+            f"{tt['latents_shape']}", tt["latents_bytes"] / 1024, f"{latents['shape']}", latents["raw_bytes"] / 1024,
+            latents["stored_bytes"] / 1024,
+        ])
+    print(f"\nDecoder targets per clip (frames_lowres at {LOWRES_SIDE} px; latents of 1 + 4k frames; "
+          f"{WAN_VAE['name']} at {WAN_VAE['size']} px analytic, the tiny Wan VAE at 64 px measured):")
+    print(table(["T", "VTok KiB (D=1024 fp32)", "frames_lowres KiB raw", "frames_lowres KiB stored",
+                 "WAN latents shape", "WAN latents KiB raw", "tiny latents shape", "tiny latents KiB raw",
+                 "tiny latents KiB stored"], trows))
     print("\nParquet writer options (tiny D=64, real tokens):")
     print(table(["T", "writer", "VTok KiB/clip", "T x S KiB/clip", "stored ratio", "VTok stored / raw fp32"], vrows))
     out = write_results(
         "tokens",
-        {"params": {"clips": num_clips, "quick": args.quick, "tokenizer": cfg, "analytic_model": CLIP_L_336},
+        {"params": {"clips": num_clips, "quick": args.quick, "tokenizer": cfg, "analytic_model": CLIP_L_336,
+                    "lowres_side": LOWRES_SIDE, "analytic_vae": WAN_VAE},
          "results": results},
         args.out,
     )

@@ -57,10 +57,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={d['tokenizer'].get('hidden_size')})")
     print(f"residual R       mean {r_mean:.1f} (T from {min(counts)} to {max(counts)} frames, stride {stride})")
     print(f"tokens per clip  VTok S+R = {grid * grid + r_mean:.1f}; frame sampling T*S = {grid * grid * t_mean:.1f}")
+    for line in _target_lines(d.get("targets", {}), d.get("identity", {})):
+        print(line)
     if "quarantined" in d:
         print(f"quarantined      {d['quarantined']} {d['errors'] or ''}".rstrip())
         print(f"complete         {d['complete']}")
     return 0
+
+
+def _target_lines(targets: dict[str, list[int]], identity: dict[str, object]) -> list[str]:
+    """`vtok inspect`'s lines for the decoder targets: shape and dtype per clip, and the settings behind them."""
+    if not targets:
+        return ["targets          none (targets.lowres_side, targets.vae: off)"]
+    lines = []
+    if "frames_lowres" in targets:
+        side = identity.get("targets.lowres_side")
+        setting = f" (targets.lowres_side={side})" if side is not None else ""
+        lines.append(f"frames_lowres    [T, {', '.join(map(str, targets['frames_lowres']))}] uint8{setting}")
+    if "latents" in targets:
+        setting = ""
+        if "targets.vae" in identity:
+            setting = (f" (targets.vae={identity['targets.vae']}, {identity.get('targets.vae_frames')} frames "
+                       f"at {identity.get('targets.vae_size')} px)")
+        lines.append(f"latents          {targets['latents']} float32{setting}")
+    return lines
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from schemas.targets import TARGET_DTYPES, target_problems
 from schemas.tokens import num_residuals
 
 SCHEMA_VERSION = "1"
@@ -32,6 +33,13 @@ def tensor_type(ndim: int, value_type: pa.DataType = pa.float32()) -> pa.DataTyp
     t = value_type
     for _ in range(ndim):
         t = pa.list_(t)
+    return t
+
+
+def leaf_type(t: pa.DataType) -> pa.DataType:
+    """The value type inside a (nested) list type: float32 for tokens, uint8 for frames_lowres."""
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
     return t
 
 
@@ -140,10 +148,15 @@ def _to_lists(value: Any) -> Any:
     return value
 
 
-def column_to_tensors(column: pa.ChunkedArray | pa.Array, ndim: int, dtype: type = np.float32) -> list[np.ndarray]:
-    """A whole nested-list column -> one ndarray per row, by walking offsets (fast, exact)."""
+def column_to_tensors(column: pa.ChunkedArray | pa.Array, ndim: int, dtype: type | None = None) -> list[np.ndarray]:
+    """A whole nested-list column -> one ndarray per row, by walking offsets (fast, exact).
+
+    `dtype` None keeps the column's own value type (uint8 frames stay uint8).
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if dtype is None:
+        dtype = leaf_type(column.type).to_pandas_dtype()
     out: list[np.ndarray] = []
     for i in range(len(column)):
         cell = column[i]
@@ -164,9 +177,13 @@ def column_to_tensors(column: pa.ChunkedArray | pa.Array, ndim: int, dtype: type
 
 
 def validate_table(
-    table: pa.Table, expected_fingerprint: str | None = None, expected_identity: dict[str, Any] | None = None
+    table: pa.Table, expected_fingerprint: str | None = None, expected_identity: dict[str, Any] | None = None,
+    expected_targets: dict[str, list[int]] | None = None,
 ) -> list[str]:
-    """Every way `table` breaks schema v1, as readable sentences; empty when valid."""
+    """Every way `table` breaks schema v1, as readable sentences; empty when valid.
+
+    `expected_targets`: the manifest's "targets" (schemas.targets); None checks each clip's targets by itself.
+    """
     problems: list[str] = []
     meta = table.schema.metadata or {}
     if expected_identity is not None:
@@ -218,6 +235,8 @@ def validate_table(
     key = column_to_tensors(table.column("key_tokens"), 2)
     residual = column_to_tensors(table.column("residual_features"), 2)
     frames = column_to_tensors(table.column("frame_tokens"), 3) if "frame_tokens" in table.schema.names else None
+    targets = {c: column_to_tensors(table.column(c), 4) if c in table.schema.names else [None] * len(keys)
+               for c in TARGET_DTYPES}
     dims = {k.shape[1] for k in key if k is not None} | {r.shape[1] for r in residual if r is not None and len(r)}
     if len(dims) > 1:
         problems.append(f"token width D differs between rows: {sorted(dims)}")
@@ -233,6 +252,7 @@ def validate_table(
                 )
         if frames is not None and frames[i] is not None and frames[i].shape[0] != frame_counts[i]:
             problems.append(f"{sample}: frame_tokens has T={frames[i].shape[0]}, frame_indices has {frame_counts[i]}")
+        problems += target_problems(sample, frame_counts[i], {c: v[i] for c, v in targets.items()}, expected_targets)
         if len(problems) > 50:
             problems.append("... (further problems not listed)")
             break

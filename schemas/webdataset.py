@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.npy import from_npy, to_npy
+from schemas.targets import target_problems
 from schemas.token_shard import OPTIONAL_FIELDS, REQUIRED_FIELDS, TENSOR_NDIM, tensors_to_arrow, token_schema
 
 TENSOR_SUFFIXES = {
@@ -124,9 +125,11 @@ IDENTITY_FIELD = "dataset_identity_sha256"
 
 
 def validate_samples(
-    samples: list[dict[str, Any]], grid: int | None, stride: int | None, identity_sha256: str | None = None
+    samples: list[dict[str, Any]], grid: int | None, stride: int | None, identity_sha256: str | None = None,
+    expected_targets: dict[str, list[int]] | None = None,
 ) -> list[str]:
-    """Schema problems of decoded samples, as sentences; `identity_sha256`: the digest every sample must carry."""
+    """Schema problems of decoded samples, as sentences; `identity_sha256`: the digest every sample must carry,
+    `expected_targets`: the manifest's "targets" (schemas.targets)."""
     problems: list[str] = []
     if identity_sha256 is not None:
         other = sorted({str(s.get(IDENTITY_FIELD)) for s in samples} - {identity_sha256})
@@ -145,6 +148,7 @@ def validate_samples(
             expected = len(range(stride, len(s["frame_indices"]), stride))
             if s["residual_features"].shape[0] != expected:
                 problems.append(f"{key}: residual_features has {s['residual_features'].shape[0]} rows, expected R={expected}")
+        problems += target_problems(key, len(s["frame_indices"]), s, expected_targets)
     keys = [s["sample_key"] for s in samples]
     if len(set(keys)) != len(keys):
         problems.append(f"{len(keys) - len(set(keys))} duplicate sample keys")

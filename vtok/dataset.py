@@ -61,14 +61,19 @@ def shard_info(uri: str, storage_options: dict[str, Any] | None = None) -> dict[
 
 
 def describe(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What `vtok inspect` shows: from the manifest for a dataset, from the file itself for one shard."""
+    """What `vtok inspect` shows: from the manifest for a dataset, from the file itself for one shard.
+
+    "targets": decoder target column -> its shape per clip ([side, side, 3] after T for frames_lowres,
+    [C, T', H', W'] for latents); "identity": the dataset's settings (a dataset only).
+    """
     from collections import Counter
 
     if not uri.endswith((".parquet", ".tar")):
         m = read_manifest(uri, storage_options)
         keys = ("format", "schema_version", "fingerprint", "tokenizer", "rows", "frame_counts", "quarantined",
                 "errors", "complete")
-        return {k: m[k] for k in keys} | {"shards": len(m["shards"])}
+        return {k: m[k] for k in keys} | {"shards": len(m["shards"]), "targets": m.get("targets", {}),
+                                          "identity": m.get("identity", {})}
     if uri.endswith(".tar"):
         samples = list(iter_webdataset_shard(uri, storage_options))
         first = samples[0] if samples else {}
@@ -77,12 +82,33 @@ def describe(uri: str, storage_options: dict[str, Any] | None = None) -> dict[st
                      "hidden_size": first["key_tokens"].shape[1] if samples else None}
         return {"format": "webdataset", "schema_version": first.get("schema_version", ""),
                 "fingerprint": first.get("tokenizer_fingerprint", ""), "tokenizer": tokenizer, "rows": len(samples),
-                "frame_counts": {str(t): n for t, n in frames.items()}, "shards": 1}
+                "frame_counts": {str(t): n for t, n in frames.items()}, "shards": 1, "targets": _targets_of(first)}
     info = shard_info(uri, storage_options)
-    frames = Counter(len(x) for x in read_shard(uri, storage_options, ["frame_indices"])["frame_indices"].to_pylist())
+    table = read_shard(uri, storage_options, ["frame_indices", *_target_columns(uri, storage_options)])
+    frames = Counter(len(x) for x in table["frame_indices"].to_pylist())
+    first = {name: values[0] for name, values in table_tensors(table.slice(0, 1)).items()} if table.num_rows else {}
     return {"format": "parquet", "schema_version": info["schema_version"], "fingerprint": info["fingerprint"],
             "tokenizer": info["tokenizer"], "rows": info["rows"], "shards": 1,
-            "frame_counts": {str(t): n for t, n in frames.items()}}
+            "frame_counts": {str(t): n for t, n in frames.items()}, "targets": _targets_of(first)}
+
+
+def _target_columns(uri: str, storage_options: dict[str, Any] | None) -> list[str]:
+    from schemas.targets import TARGET_DTYPES
+
+    fs, path = get_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        names = pq.read_schema(f).names
+    return [c for c in TARGET_DTYPES if c in names]
+
+
+def _targets_of(sample: dict[str, Any]) -> dict[str, list[int]]:
+    """The decoder targets one clip carries, as the manifest records them (frames_lowres without its T)."""
+    shapes: dict[str, list[int]] = {}
+    if sample.get("frames_lowres") is not None:
+        shapes["frames_lowres"] = list(sample["frames_lowres"].shape[1:])
+    if sample.get("latents") is not None:
+        shapes["latents"] = list(sample["latents"].shape)
+    return shapes
 
 
 def table_tensors(table: pa.Table) -> dict[str, list]:
@@ -201,6 +227,7 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
     if manifest.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"manifest schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}")
     identity = manifest.get("identity")
+    targets = manifest.get("targets")  # absent from manifests written before decoder targets existed
     if identity is None:
         problems.append("manifest records no dataset identity (the frame sampling, clip splitting and resize the "
                         "rows were made with): made by an older vtok; re-tokenize to check it")
@@ -237,7 +264,7 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
             samples = list(iter_tar(io.BytesIO(data)))
             rows = len(samples)
             shard_problems = validate_samples(samples, grid, stride,
-                                              identity_digest(identity) if identity is not None else None)
+                                              identity_digest(identity) if identity is not None else None, targets)
             prints = {s.get("tokenizer_fingerprint") for s in samples}
             if prints - {fingerprint}:
                 shard_problems.append(f"tokenizer fingerprint(s) {sorted(p[:12] for p in prints if p)} differ "
@@ -245,7 +272,8 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
         else:
             table = pq.read_table(io.BytesIO(data))
             rows = table.num_rows
-            shard_problems = validate_table(table, expected_fingerprint=fingerprint, expected_identity=identity)
+            shard_problems = validate_table(table, expected_fingerprint=fingerprint, expected_identity=identity,
+                                            expected_targets=targets)
         problems += [f"{name}: {p}" for p in shard_problems]
         if rows != entry["rows"]:
             problems.append(f"{name}: {rows} rows, the manifest says {entry['rows']}")

@@ -28,8 +28,9 @@ from pipelines.tokenize.manifest import (
 )
 from pipelines.tokenize.sink import FORMATS, ShardWriter, SinkConfig
 from pipelines.tokenize.sources import list_inputs, split_into_clips
-from pipelines.tokenize.stages.decode import decode_batch
+from pipelines.tokenize.stages.decode import DecodeStageConfig, decode_batch
 from pipelines.tokenize.stages.encode import EncodeConfig, EncodeStage
+from pipelines.tokenize.targets import TargetsConfig, check_vae, resolve_targets
 from schemas.npy import from_npy
 from schemas.token_shard import SCHEMA_VERSION, shard_metadata
 from schemas.tokens import mean_counts
@@ -38,32 +39,6 @@ from vtok.errors import DataQualityError
 from vtok.storage import check_readable, check_writable
 from vtok.tokenizer_spec import TokenizerConfig, TokenizerSpec
 from vtok.video import SAMPLING_POLICY, DecodeConfig, DecodeError, probe
-
-
-@dataclass
-class DecodeStageConfig:
-    """Resources of the decode tasks."""
-
-    num_cpus: float = 0.5
-    """CPUs per decode task (0.5: two per core, so one decodes while the other reads or waits on the IPC)."""
-    batch_size: int = 8
-    """Clips per decode task."""
-    memory_mb: int = 512
-    """Memory reserved per decode task; also keeps Ray from fusing decode into the encoder actors."""
-    isolate: bool = True
-    """Decode in a supervised child process, so a decoder crash or hang costs one clip, not the run."""
-    timeout_s: float = 300.0
-    """Per-clip decode time limit when isolated; an overrun is quarantined as "timeout"."""
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise ValueError(f"decode_stage.timeout_s must be > 0, got {self.timeout_s}")
-        if self.num_cpus <= 0:
-            raise ValueError(f"decode_stage.num_cpus must be > 0, got {self.num_cpus}")
-        if self.memory_mb <= 0:
-            raise ValueError(f"decode_stage.memory_mb must be > 0, got {self.memory_mb}")
-        if self.batch_size < 1:
-            raise ValueError(f"decode_stage.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -88,6 +63,8 @@ class TokenizeConfig:
     """Encoder actor pool resources."""
     sink: SinkConfig = field(default_factory=SinkConfig)
     """Shard size and commit mode."""
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    """Decoder training targets (small frames, VAE latents) written with the tokens; off by default."""
     endpoint_url: str | None = None
     """S3-compatible endpoint (MinIO, Ceph, R2); None uses AWS_ENDPOINT_URL or AWS itself."""
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -220,6 +197,7 @@ def preflight(cfg: TokenizeConfig) -> None:
     collide with the input, before any work starts (jobs call it before starting Ray: it takes no Ray)."""
     opts = cfg.remote_options()
     check_readable(cfg.input, opts)
+    check_vae(cfg.targets, opts)
     check_output(cfg.output, [cfg.input], cfg.format, cfg.source.recursive, opts)
     check_writable(cfg.output, opts)
 
@@ -242,7 +220,8 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
     # model (that was ~3.8 s before the first decode task could start).
     spec = TokenizerSpec.load(actor_cfg, actor_cfg.dtype)
     decode_cfg = dataclasses.replace(cfg.decode, size=spec.image_size)
-    identity = dataset_identity(cfg.source, decode_cfg)
+    targets = resolve_targets(cfg.targets, decode_cfg.size, opts)
+    identity = dataset_identity(cfg.source, decode_cfg) | targets.identity
     tokenizer_desc = spec.describe()
     fingerprint = spec.fingerprint()
     grid = spec.num_key_tokens
@@ -260,6 +239,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         "num_shards": len(shards),
         "num_inputs": len(items),
         "identity": identity,
+        "targets": targets.shapes,
     }
     bind_run(cfg.output, run, opts)
     done = committed(cfg.output, opts)
@@ -282,6 +262,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
                 "cfg": decode_cfg,
                 "storage_options": opts,
                 "timeout_s": cfg.decode_stage.timeout_s if cfg.decode_stage.isolate else None,
+                "targets": targets.plan,
             },
             batch_size=cfg.decode_stage.batch_size,
             num_cpus=cfg.decode_stage.num_cpus,
@@ -290,7 +271,8 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         )
         ds = ds.map_batches(
             EncodeStage,
-            fn_constructor_kwargs={"tokenizer_cfg": actor_cfg, "num_threads": int(max(1, cfg.encode.num_cpus))},
+            fn_constructor_kwargs={"tokenizer_cfg": actor_cfg, "num_threads": int(max(1, cfg.encode.num_cpus)),
+                                   "targets": targets.plan},
             batch_size=cfg.encode.batch_size,
             num_cpus=cfg.encode.num_cpus,
             num_gpus=cfg.encode.num_gpus,

@@ -22,6 +22,7 @@ from pipelines.tokenize.manifest import (
     spool_file,
 )
 from pipelines.tokenize.stages.encode import TOKEN_COLUMNS
+from pipelines.tokenize.targets import TARGET_COLUMNS
 from schemas.layout import shard_name
 from schemas.npy import from_npy
 from schemas.token_shard import (
@@ -29,6 +30,7 @@ from schemas.token_shard import (
     META_IDENTITY,
     SCHEMA_VERSION,
     TENSOR_NDIM,
+    leaf_type,
     tensors_to_arrow,
     token_schema,
 )
@@ -85,6 +87,9 @@ def to_record(row: dict[str, Any]) -> dict[str, Any]:
     record["frame_indices"] = from_npy(row["frame_indices"]).tolist()
     for column in TOKEN_COLUMNS:
         record[column] = from_npy(row[column]) if row[column] else None
+    for column in TARGET_COLUMNS:
+        # Absent from rows made without targets (tests and benchmarks build rows by hand).
+        record[column] = from_npy(row[column]) if row.get(column) else None
     return record
 
 
@@ -94,7 +99,8 @@ def build_token_table(records: list[dict[str, Any]], metadata: dict[bytes, bytes
     Token columns are present when the first record has them; `attributes` when any record has them,
     unless `attributes` says (a streamed shard decides once, from its inputs).
     """
-    optional = [c for c in ("residual_tokens", "frame_tokens") if records and records[0][c] is not None]
+    optional = [c for c in ("residual_tokens", "frame_tokens", *TARGET_COLUMNS)
+                if records and records[0].get(c) is not None]
     if attributes is None:
         attributes = any(r["attributes"] for r in records)
     if attributes:
@@ -103,7 +109,8 @@ def build_token_table(records: list[dict[str, Any]], metadata: dict[bytes, bytes
     columns: dict[str, pa.Array] = {}
     for f in schema:
         if f.name in TENSOR_NDIM:
-            columns[f.name] = tensors_to_arrow([r[f.name] for r in records], TENSOR_NDIM[f.name])
+            columns[f.name] = tensors_to_arrow([r[f.name] for r in records], TENSOR_NDIM[f.name],
+                                               leaf_type(f.type))
         else:
             columns[f.name] = pa.array([r[f.name] for r in records], f.type)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
@@ -363,7 +370,7 @@ class ShardWriter:
 
 def _record_bytes(record: dict[str, Any], fmt: str) -> int:
     """What a record adds to a part: its tensors' bytes plus headers (a tar member's exact size when fmt is tar)."""
-    tensors = [record[c].nbytes for c in TOKEN_COLUMNS if record[c] is not None]
+    tensors = [record[c].nbytes for c in (*TOKEN_COLUMNS, *TARGET_COLUMNS) if record.get(c) is not None]
     if fmt == "webdataset":
         # Each member: a 512-byte header and the data padded to 512 (npy headers and the .json stay under 1 KiB).
         return sum(512 + -(-(n + 1024) // 512) * 512 for n in tensors) + 512 + 4096

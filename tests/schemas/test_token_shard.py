@@ -115,3 +115,43 @@ def test_unknown_optional_column_refused() -> None:
 def test_metadata_keys() -> None:
     meta = shard_metadata("abc", {"grid": 4}, "0.1.0")
     assert meta[META_FINGERPRINT] == b"abc"
+
+
+def _with_targets(table: pa.Table, lowres: list[np.ndarray], latents: list[np.ndarray]) -> pa.Table:
+    schema = token_schema(["frame_tokens", "latents", "frames_lowres"]).with_metadata(table.schema.metadata)
+    table = table.append_column(schema.field("latents"), tensors_to_arrow(latents, 4))
+    table = table.append_column(schema.field("frames_lowres"), tensors_to_arrow(lowres, 4, pa.uint8()))
+    return table.cast(schema)
+
+
+def test_uint8_frames_and_float_latents_roundtrip_exactly_in_their_own_dtypes() -> None:
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (t, 8, 8, 3), dtype=np.uint8) for t in (4, 1, 6)]
+    column = tensors_to_arrow(frames, 4, pa.uint8())
+    assert column.type == token_schema(["frames_lowres"]).field("frames_lowres").type
+    back = column_to_tensors(column, 4)
+    assert [b.dtype for b in back] == [np.uint8] * 3
+    assert all(a.shape == b.shape and a.tobytes() == b.tobytes() for a, b in zip(frames, back))
+    latents = [rng.standard_normal((4, 2, 3, 3), dtype=np.float32)]
+    (got,) = column_to_tensors(tensors_to_arrow(latents, 4), 4)
+    assert got.dtype == np.float32 and got.tobytes() == latents[0].tobytes()
+    # What any reader sees: nested lists of the exact values.
+    assert np.array(column[2].as_py(), np.uint8).tobytes() == frames[2].tobytes()
+
+
+def test_targets_are_checked_against_the_frame_count_and_the_manifest() -> None:
+    rng = np.random.default_rng(3)
+    lowres = [rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    latents = [rng.standard_normal((4, 2, 2, 2), dtype=np.float32) for _ in range(3)]
+    expected = {"frames_lowres": [8, 8, 3], "latents": [4, 2, 2, 2]}
+    assert validate_table(_with_targets(_table(), lowres, latents), expected_targets=expected) == []
+    assert validate_table(_with_targets(_table(), lowres, latents)) == []  # no manifest record: self-consistent
+    lowres[1], latents[2] = lowres[1][:3], latents[2][:, :1]
+    problems = validate_table(_with_targets(_table(), lowres, latents), expected_targets=expected)
+    assert problems == ["k1: frames_lowres has shape [3, 8, 8, 3], expected [4, 8, 8, 3] (T = its frame count)",
+                        "k2: latents has shape [4, 1, 2, 2], expected [4, 2, 2, 2]"]
+    assert validate_table(_table(), expected_targets={"latents": [4, 2, 2, 2]}) == [
+        f"k{i}: latents missing (the dataset records it with shape [4, 2, 2, 2])" for i in range(3)]
+    problems = validate_table(_with_targets(_table(), lowres[:1] * 3, latents[:1] * 3), expected_targets={})
+    assert problems[:2] == ["k0: frames_lowres present but the dataset was made without it",
+                            "k0: latents present but the dataset was made without it"]

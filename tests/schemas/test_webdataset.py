@@ -84,3 +84,27 @@ def test_samples_become_a_schema_v1_table_typed_as_parquet() -> None:
     assert frames[0] is None and frames[2] is None and frames[1].tobytes() == samples[1]["frame_tokens"].tobytes()
     keys = column_to_tensors(table.column("key_tokens"), 2)
     assert all(k.tobytes() == s["key_tokens"].tobytes() for k, s in zip(keys, samples))
+
+
+def test_targets_round_trip_in_their_dtypes_and_are_validated() -> None:
+    rng = np.random.default_rng(5)
+    samples = [_sample(i) | {"clip_start_s": 0.0, "clip_end_s": 1.0, "source_fps": 8.0, "height": 64, "width": 64,
+                             "frames_lowres": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+                             "latents": rng.standard_normal((4, 2, 2, 2), dtype=np.float32)} for i in range(2)]
+    tar = _tar(samples)
+    with tarfile.open(fileobj=io.BytesIO(tar.getvalue())) as t:
+        names = t.getnames()
+    assert "k0000.frames_lowres.npy" in names and "k0000.latents.npy" in names
+    back = list(iter_tar(tar))
+    for ours, theirs in zip(samples, back):
+        for column, dtype in (("frames_lowres", np.uint8), ("latents", np.float32)):
+            assert theirs[column].dtype == dtype and theirs[column].tobytes() == ours[column].tobytes()
+    table = samples_to_table(back)
+    assert table.schema.equals(token_schema(["latents", "frames_lowres"]))
+    lowres = column_to_tensors(table.column("frames_lowres"), 4)
+    assert lowres[1].dtype == np.uint8 and lowres[1].tobytes() == samples[1]["frames_lowres"].tobytes()
+    expected = {"frames_lowres": [8, 8, 3], "latents": [4, 2, 2, 2]}
+    assert validate_samples(back, grid=2, stride=1, expected_targets=expected) == []
+    back[1]["frames_lowres"] = back[1]["frames_lowres"][:, :4, :4]
+    assert validate_samples(back, grid=2, stride=1, expected_targets=expected) == [
+        "k0001: frames_lowres has shape [4, 4, 4, 3], expected [4, 8, 8, 3] (T = its frame count)"]

@@ -280,3 +280,18 @@ def test_validate_compares_the_manifest_with_the_schema_version_constant(
     assert "manifest schema version '1' is not '2'" in problems
     (copy / "manifest.json").write_text(json.dumps(manifest | {"schema_version": "2"}))
     assert not [p for p in validate_dataset(str(copy))[0] if p.startswith("manifest schema version")]
+
+
+def test_collate_tokens_pads_the_decoder_targets_in_their_dtypes() -> None:
+    rng = np.random.default_rng(0)
+    lowres = [rng.integers(0, 256, (t, 4, 4, 3), dtype=np.uint8) for t in (3, 1)]
+    latents = [rng.standard_normal((2, 1, 2, 2), dtype=np.float32) for _ in range(2)]
+    rows = [{"sample_key": k, "frames_lowres": f, "latents": z.tolist() if k == "b" else z}  # lists, as Ray rows
+            for k, f, z in zip("ab", lowres, latents)]
+    batch = vtok.collate_tokens(rows)
+    assert batch["frames_lowres"].dtype == torch.uint8 and batch["frames_lowres"].shape == (2, 3, 4, 4, 3)
+    assert batch["frames_lowres_mask"].tolist() == [[True] * 3, [True, False, False]]
+    assert batch["frames_lowres"][0].numpy().tobytes() == lowres[0].tobytes()
+    assert batch["frames_lowres"][1, :1].numpy().tobytes() == lowres[1].tobytes() and not batch["frames_lowres"][1, 1:].any()
+    assert batch["latents"].dtype == torch.float32 and batch["latents"].shape == (2, 2, 1, 2, 2)
+    assert batch["latents"].numpy().tobytes() == np.stack(latents).tobytes() and batch["latents_mask"].all()

@@ -8,13 +8,42 @@ that arrives with `error_reason` already set (a bad manifest row) is not decoded
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipelines.tokenize.targets import TargetPlan, lowres_frames, vae_input_frames
 from schemas.npy import to_npy
 from vtok.isolated import IsolatedDecoder
 from vtok.video import DecodeConfig, DecodeError, decode_clip
+
+
+@dataclass
+class DecodeStageConfig:
+    """Resources of the decode tasks."""
+
+    num_cpus: float = 0.5
+    """CPUs per decode task (0.5: two per core, so one decodes while the other reads or waits on the IPC)."""
+    batch_size: int = 8
+    """Clips per decode task."""
+    memory_mb: int = 512
+    """Memory reserved per decode task; also keeps Ray from fusing decode into the encoder actors."""
+    isolate: bool = True
+    """Decode in a supervised child process, so a decoder crash or hang costs one clip, not the run."""
+    timeout_s: float = 300.0
+    """Per-clip decode time limit when isolated; an overrun is quarantined as "timeout"."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"decode_stage.timeout_s must be > 0, got {self.timeout_s}")
+        if self.num_cpus <= 0:
+            raise ValueError(f"decode_stage.num_cpus must be > 0, got {self.num_cpus}")
+        if self.memory_mb <= 0:
+            raise ValueError(f"decode_stage.memory_mb must be > 0, got {self.memory_mb}")
+        if self.batch_size < 1:
+            raise ValueError(f"decode_stage.batch_size must be >= 1, got {self.batch_size}")
+
 
 PASSTHROUGH = ("sample_key", "source_uri", "caption", "clip_start_s", "clip_end_s", "attributes", "shard")
 
@@ -35,12 +64,15 @@ def decode_batch(
     cfg: DecodeConfig,
     storage_options: dict[str, Any] | None = None,
     timeout_s: float | None = None,
+    targets: TargetPlan | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode every clip of a batch; frames travel as .npy bytes so clips of different T share a column.
 
     With `timeout_s`, each clip decodes in a supervised child process (see vtok.isolated): a crash or
-    a hang becomes that clip's quarantine reason instead of killing the task.
+    a hang becomes that clip's quarantine reason instead of killing the task. `targets` adds
+    frames_lowres and vae_frames (the VAE's input, which the encode stage consumes), b"" where off.
     """
+    targets = targets or TargetPlan()
     decode = _decoder(timeout_s)
     n = len(batch["sample_key"])
     out: dict[str, list[Any]] = {k: list(batch[k]) for k in PASSTHROUGH}
@@ -54,6 +86,8 @@ def decode_batch(
         "error_message": [],
         "decode_s": [],
         "key_frame_thumb": [],
+        "frames_lowres": [],
+        "vae_frames": [],
     }
     # Rows from before listings could carry an error have no such columns.
     known_reason = batch.get("error_reason")
@@ -88,6 +122,11 @@ def decode_batch(
         out["clip_end_s"][i] = clip.clip_end_s
         columns["frames"].append(to_npy(clip.frames))
         columns["key_frame_thumb"].append(to_npy(key_frame_thumb(clip.frames[0])))
+        # Here, not in the actors: resizing is CPU work, and the actors' time is the GPU's.
+        columns["frames_lowres"].append(
+            to_npy(lowres_frames(clip.frames, targets.lowres_side)) if targets.lowres_side else b"")
+        columns["vae_frames"].append(
+            to_npy(vae_input_frames(clip.frames, targets.vae_frames, targets.vae_size)) if targets.vae_uri else b"")
         columns["frame_indices"].append(to_npy(clip.frame_indices.astype(np.int64)))
         columns["source_fps"].append(float(clip.info.source_fps))
         columns["height"].append(int(clip.info.height))
@@ -127,6 +166,8 @@ def key_frame_thumb(frame: np.ndarray) -> np.ndarray:
 def _append_error(columns: dict[str, list[Any]], reason: str, message: str) -> None:
     columns["frames"].append(b"")
     columns["key_frame_thumb"].append(b"")
+    columns["frames_lowres"].append(b"")
+    columns["vae_frames"].append(b"")
     columns["frame_indices"].append(b"")
     columns["source_fps"].append(0.0)
     columns["height"].append(0)

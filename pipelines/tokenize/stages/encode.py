@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.tokenize.targets import TargetPlan
 from schemas.npy import from_npy, to_npy
 from vtok.tokenizer_spec import TokenizerConfig
+
+if TYPE_CHECKING:
+    from vtok.video_vae import VideoVAE
 
 TOKEN_COLUMNS = ("key_tokens", "residual_features", "residual_tokens", "frame_tokens")
 
@@ -37,15 +41,25 @@ class EncodeConfig:
 
 
 class EncodeStage:
-    """Ray Data callable class: tokenizes every decodable clip of a batch, passes errors through."""
+    """Ray Data callable class: tokenizes every decodable clip of a batch, passes errors through.
 
-    def __init__(self, tokenizer_cfg: TokenizerConfig, num_threads: int = 1) -> None:
+    With a VAE in `targets`, it also encodes each clip's vae_frames (made by the decode stage) into latents.
+    """
+
+    def __init__(self, tokenizer_cfg: TokenizerConfig, num_threads: int = 1, targets: TargetPlan | None = None) -> None:
         import torch
 
         from vtok.tokenizer import VTokTokenizer  # torch and transformers load in the actor, not the driver
 
         torch.set_num_threads(max(1, num_threads))
         self.tokenizer = VTokTokenizer(tokenizer_cfg)
+        self.vae: VideoVAE | None = None
+        if targets is not None and targets.vae_uri is not None:
+            from vtok.video_vae import VideoVAE, read_vae_spec
+
+            spec = read_vae_spec(targets.vae_uri, targets.storage_options)
+            # On the tokenizer's device: both models share the actor's GPU.
+            self.vae = VideoVAE(spec, str(self.tokenizer.device), targets.vae_dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_key"])
@@ -53,9 +67,12 @@ class EncodeStage:
         clips = [from_npy(batch["frames"][i]) for i in ok]
         started = time.perf_counter()
         tokens = dict(zip(ok, self.tokenizer.encode(clips)))
+        latents = {i: to_npy(self.vae.encode(from_npy(batch["vae_frames"][i]))) for i in ok} if self.vae else {}
         # The batch's encoder time, shared out over its clips, so per-stage busy time adds up.
         share = (time.perf_counter() - started) / max(1, len(ok))
-        out: dict[str, Any] = {k: v for k, v in batch.items() if k != "frames"}
+        # The frames are spent here: only tokens and targets travel on to the sink.
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("frames", "vae_frames")}
+        out["latents"] = np.array([latents.get(i, b"") for i in range(n)], dtype=object)
         for column in TOKEN_COLUMNS:
             cells = []
             for i in range(n):

@@ -129,3 +129,22 @@ def test_an_aborted_shard_leaves_no_files(tmp_path: Path) -> None:
     assert not writer.complete
     writer.abort()
     assert list((tmp_path / "shards").iterdir()) == []
+
+
+def test_decoder_targets_are_written_in_their_dtypes_and_round_trip_exactly() -> None:
+    rng = np.random.default_rng(1)
+    records = _records(3)
+    for r in records:
+        r["frames_lowres"] = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+        r["latents"] = rng.standard_normal((4, 2, 4, 4), dtype=np.float32)
+    table = build_token_table(records, shard_metadata("f" * 64, {"grid": 4, "residual_stride": 1}, "0"))
+    assert table.schema.field("frames_lowres").type == pa.list_(pa.list_(pa.list_(pa.list_(pa.uint8()))))
+    data = parquet_bytes(table, "zstd")
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["latents.list.element.list.element.list.element.list.element"]
+    back = pq.read_table(io.BytesIO(data))
+    for column in ("frames_lowres", "latents"):
+        for got, want in zip(column_to_tensors(back[column], 4), (r[column] for r in records)):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert "latents" not in build_token_table(_records(1), {}).schema.names  # off: no column at all
