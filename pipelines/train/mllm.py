@@ -135,7 +135,10 @@ class MLLMTask:
         return {}, {CONFIG: {**config, "job": self.config_record}, DATA: self.data_record}, dirs, files
 
     def restore(self, model: Any, loaded: Any) -> None:
-        model.load_trainable_state_dict(loaded.tensors[TRAINABLE], skip_llm=self.model.llm_mode == "full")
+        full = self.model.llm_mode == "full"
+        model.load_trainable_state_dict(loaded.tensors[TRAINABLE], skip_llm=full)
+        if full:  # a fully trained LM is saved as an HF directory, not in trainable.safetensors
+            model.load_llm_weights(loaded.dirs[LLM_DIR])
 
 
 def check_data(cfg: TrainMLLMConfig) -> dict[str, Any]:

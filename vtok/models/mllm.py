@@ -271,6 +271,13 @@ class VTokLM(nn.Module):
                     )
                 p.copy_(state[name])
 
+    def load_llm_weights(self, llm_dir: str | Path) -> None:
+        """Copy the weights of the HF directory `llm_dir` (a full-mode checkpoint's llm/) into the LM."""
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32)
+        self.llm.load_state_dict(saved.state_dict())
+
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write trainable.safetensors, g_phi.safetensors, feature_stats.safetensors, config.json,
         text_tokenizer/ (and llm/ in full mode) into the local directory `out_dir`."""
