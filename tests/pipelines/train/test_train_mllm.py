@@ -115,31 +115,46 @@ def test_report_and_vtok_report(vtok_run, baseline_run, capsys: pytest.CaptureFi
     assert json.loads((out / "report.json").read_text())["heldout"]["color"] > 0  # kept through the rewrite
 
 
-def test_an_injected_worker_fault_recovers_from_the_last_checkpoint(
-    ray_local, training_tokens: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pipelines.train.loop import FAULT_ENV
+ONE = ["train.steps=16", "checkpoint.every_steps=4", "scaling.num_workers=1"]
+"""The resume tests' run: one worker, one seed, so an interrupted run must end with the very same weights."""
 
-    out = tmp_path / "faulty"
-    monkeypatch.setenv(FAULT_ENV, "7")  # VTOK_* variables reach the Ray Train workers
-    cfg = load_train_mllm_config(_args(training_tokens, out, "train.steps=10", "checkpoint.every_steps=5",
-                                       "scaling.num_workers=1"))
-    run_train_mllm(cfg, progress=False)
-    assert (out / ".fault-injected-7").exists()
-    records = read_metrics(str(out))
-    assert [r["step"] for r in records] == list(range(1, 11))
-    assert latest_complete(str(out)).step == 10
+
+@pytest.fixture(scope="module")
+def straight_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE uninterrupted, tracked in MLflow (SQLite); the weights every interrupted run must end with."""
+    out = tmp_path_factory.mktemp("mllm") / "straight"
+    db = out.parent / "mlflow.db"
+    run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE, f"tracking.mlflow_uri=sqlite:///{db}")),
+                   progress=False)
+    return out
+
+
+def _final_weights_equal(a: Path | str, b: Path | str) -> bool:
+    from vtok.training.checkpoint import load_checkpoint
+
+    x = load_checkpoint(f"{a}/checkpoints/step_00000016").tensors["trainable.safetensors"]
+    y = load_checkpoint(f"{b}/checkpoints/step_00000016").tensors["trainable.safetensors"]
+    return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
+
+
+def test_the_uninterrupted_run_is_tracked_in_mlflow(straight_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{straight_run.parent / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("vtok").experiment_id])
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert logged == [(r["step"], pytest.approx(r["loss"])) for r in read_metrics(str(straight_run))]
+    assert [s for s, _ in logged] == list(range(1, 17)) and run.data.params["train.steps"] == "16"
 
 
 def test_sigkill_of_the_driver_then_rerun_resumes_to_the_weights_of_an_uninterrupted_run(
-    ray_local, training_tokens: Path, tmp_path: Path
+    ray_local, training_tokens: Path, straight_run: Path, tmp_path: Path
 ) -> None:
     import tempfile
 
     out = tmp_path / "killed"
-    one = ["train.steps=16", "checkpoint.every_steps=4", "scaling.num_workers=1"]
     ray_tmp = tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    cmd = [sys.executable, "-m", "jobs.cli", "train", "mllm", *_args(training_tokens, out, *one),
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "mllm", *_args(training_tokens, out, *ONE),
            f"ray.temp_dir={ray_tmp}", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -151,28 +166,28 @@ def test_sigkill_of_the_driver_then_rerun_resumes_to_the_weights_of_an_uninterru
     done = latest_complete(str(out)).step
     assert 8 <= done < 16, done
     # The same command again (in this process, on the test session's Ray, to save a Ray start-up).
-    assert run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *one)), progress=False)["resumed"]
+    assert run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE)), progress=False)["resumed"]
     assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 17))
     assert latest_complete(str(out)).step == 16
-    # One worker, one seed: the interrupted run ends with the very weights of an uninterrupted one.
-    straight = tmp_path / "straight"
-    run_train_mllm(load_train_mllm_config(_args(training_tokens, straight, *one)), progress=False)
-    a = load_file(str(straight / "checkpoints/step_00000016/trainable.safetensors"))
-    b = load_file(str(out / "checkpoints/step_00000016/trainable.safetensors"))
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert _final_weights_equal(straight_run, out)
 
 
-def test_training_on_s3(ray_local, training_tokens: Path, s3_bucket: str) -> None:
+def test_a_worker_fault_on_s3_recovers_to_the_weights_of_an_uninterrupted_run(
+    ray_local, training_tokens: Path, straight_run: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fsspec
 
+    from pipelines.train.loop import FAULT_ENV
+
     out = f"s3://{s3_bucket}/runs/mllm"
-    run_mllm(load_train_mllm_config(_args(training_tokens, out, "train.steps=4", "checkpoint.every_steps=2",
-                                          "scaling.num_workers=1", "split.heldout_fraction=0.05")), progress=False)
+    monkeypatch.setenv(FAULT_ENV, "7")  # rank 0 raises once before step 7; VTOK_* variables reach the workers
+    run_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE, "checkpoint.keep_last=2")), progress=False)
     fs = fsspec.filesystem("s3")
-    assert fs.exists(f"{s3_bucket}/runs/mllm/checkpoints/step_00000004/complete")
-    assert [c.step for c in list_checkpoints(out) if c.complete] == [2, 4]
-    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert fs.exists(f"{s3_bucket}/runs/mllm/.fault-injected-7")
+    assert [c.step for c in list_checkpoints(out) if c.complete] == [12, 16]
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 17))  # steps 5-6 ran twice, logged once
     assert fs.exists(f"{s3_bucket}/runs/mllm/report.html")
+    assert _final_weights_equal(straight_run, out)
 
 
 # ---- bad input is refused before training starts, naming the key or URI
