@@ -65,6 +65,9 @@ def ray_local():
     """One in-process local Ray for the whole session (2 CPUs, like this machine)."""
     import ray
 
+    from jobs.ray_setup import LOCAL_TRAIN_POLL_S, TRAIN_POLL_ENV
+
+    os.environ.setdefault(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)  # as jobs/ray_setup's local Ray does
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
