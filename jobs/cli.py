@@ -51,6 +51,7 @@ def setup_logging(json_format: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import jobs.judge_command  # noqa: F401 - registers `vtok judge` (its own module, beside jobs.commands)
     from jobs.registry import commands, keys_epilog
 
     parser = argparse.ArgumentParser(prog="vtok", description="VTok video tokens at cluster scale")

@@ -1,4 +1,4 @@
-"""Writing small mp4 files: the shapes world, tests and benchmarks make their videos here."""
+"""Writing and reading small video files whole: the shapes world, its judge, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -80,3 +80,42 @@ def write_audio_only(path: str | Path, seconds: float = 0.5, rate: int = 16000) 
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+MAX_READ_BYTES = 1 << 30
+"""The most decoded frames (uint8 bytes) `read_frames` returns: a shapes-world video is a few MB."""
+
+
+def read_frames(uri: str, max_bytes: int = MAX_READ_BYTES) -> np.ndarray:
+    """Every frame of a video's first video stream as uint8 RGB [T, H, W, 3], at its coded size (a display
+    matrix is not applied: the shapes world writes none).
+
+    Unlike `vtok.video.decode_clip`, nothing is sampled, resized or cropped (a judge needs the whole
+    frame). `uri` is a local path or any fsspec URI. Raises `vtok.video.DecodeError` naming `uri` for a
+    file that is missing, unreadable, not a video, corrupt, or whose frames would pass `max_bytes`.
+    """
+    import av
+    import fsspec
+
+    from vtok.video import DecodeError, probe
+
+    info = probe(uri)
+    frame_bytes = info.coded_height * info.coded_width * 3
+    if info.num_frames * frame_bytes > max_bytes:
+        raise DecodeError(uri, "over_limit", f"{info.num_frames} frames of {info.coded_width}x{info.coded_height} "
+                                             f"exceed {max_bytes} bytes decoded")
+    frames: list[np.ndarray] = []
+    try:
+        with fsspec.open(uri, "rb") as f, av.open(f) as container:
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                # The header's frame count can lie; the decoded bytes are what must stay bounded.
+                if len(frames) * frame_bytes > max_bytes:
+                    raise DecodeError(uri, "over_limit", f"decoded frames exceed {max_bytes} bytes")
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this file's, named by its URI
+        raise DecodeError(uri, "corrupt", f"{type(e).__name__}: {e}") from e
+    if not frames:
+        raise DecodeError(uri, "zero_frames", "no frame could be decoded")
+    return np.stack(frames)

@@ -62,7 +62,8 @@ POSITIONS: tuple[str, ...] = (
     "bottom right",
 )
 
-_DIRECTIONS: dict[str, tuple[int, int]] = {
+# Unit step (dx, dy) per frame of each motion, in image axes (y grows downwards); speed scales it.
+DIRECTIONS: dict[str, tuple[int, int]] = {
     "static": (0, 0),
     "left": (-1, 0),
     "right": (1, 0),
@@ -71,7 +72,8 @@ _DIRECTIONS: dict[str, tuple[int, int]] = {
 }
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 _MAX_OBJECTS = 4
-_DEFAULT_SIDE = 128
+DEFAULT_SIDE = 128
+"""Frame side (px) at which SIZES are radii; other frames scale them by min(width, height) / DEFAULT_SIDE."""
 # Free pixels kept between objects' bounding circles, so masks never touch.
 _GAP = 2.0
 # Centres are kept this far (px) from the thirds' boundaries so the position name is unambiguous
@@ -138,7 +140,7 @@ class ShapesConfig:
 
     def radius(self, size: str) -> int:
         """Radius (half-side) in pixels of `size` at this frame size."""
-        scale = min(self.width, self.height) / _DEFAULT_SIDE
+        scale = min(self.width, self.height) / DEFAULT_SIDE
         return max(2, round(SIZES[size] * scale))
 
 
@@ -224,7 +226,7 @@ def _trajectory(obj: ShapeObject, cfg: ShapesConfig) -> np.ndarray:
     """Centres [T, 2] of `obj` over the video, clamped so the shape stays inside the frame."""
     r = cfg.radius(obj.size)
     left, right, top, bottom = _extents(obj.shape, r)
-    dx, dy = _DIRECTIONS[obj.motion]
+    dx, dy = DIRECTIONS[obj.motion]
     t = np.arange(cfg.num_frames, dtype=np.float64)
     # Whole-pixel limits keep an integer centre integer when it is clamped, so the mask keeps its shape.
     xs = np.clip(obj.x + dx * cfg.speed * t, math.ceil(left), math.floor(cfg.width - right))
@@ -250,7 +252,7 @@ def _sample_centre(
 ) -> tuple[float, float]:
     r = cfg.radius(size)
     left, right, top, bottom = _extents(shape, r)
-    dx, dy = _DIRECTIONS[motion]
+    dx, dy = DIRECTIONS[motion]
     travel = cfg.speed * (cfg.num_frames - 1)
     x_lo, x_hi = _start_range(left, cfg.width - right, dx, travel)
     y_lo, y_hi = _start_range(top, cfg.height - bottom, dy, travel)
