@@ -65,13 +65,11 @@ def test_heldout_accuracy_is_above_chance(run: str, request: pytest.FixtureReque
     _, result = request.getfixturevalue(run)
     accuracy = result["heldout_accuracy"]
     assert accuracy["clips"] >= 20
-    # Single-object clips. Size (small/large, chance 1/2) is read from the key tokens by both runs (VTok 0.89
-    # measured); colour (6 candidates, chance 1/6) is read well by the baseline (0.77) and less by VTok at
-    # this budget (0.44; 0.80 in-process at 300 steps of batch 16, tests/vtok/models).
+    # Single-object clips, 36 held out. Size (small/large, chance 1/2) is read from the key tokens by both runs
+    # (VTok 0.89, baseline 1.00 measured); colour (6 candidates, chance 1/6) at twice chance or better by both
+    # (VTok 0.44, baseline 0.53; VTok reaches 0.80 in-process at 300 steps of batch 16, tests/vtok/models).
     assert accuracy["size"] > 0.75, accuracy
-    assert accuracy["color"] > 1 / 6, accuracy
-    if run == "baseline_run":
-        assert accuracy["color"] > 0.5, accuracy
+    assert accuracy["color"] > 1 / 3, accuracy
 
 
 def test_checkpoints_layout_retention_and_one_call_load(vtok_run) -> None:
