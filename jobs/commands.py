@@ -124,10 +124,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_arguments(p: argparse.ArgumentParser) -> None:
-    _overrides(p, "train_mllm")
-    p.add_argument("--config", help="YAML config file (default: the shipped train_mllm.yaml)")
+def train_arguments(p: argparse.ArgumentParser, what: str = "train_mllm") -> None:
+    _overrides(p, what)
+    p.add_argument("--config", help=f"YAML config file (default: the shipped {what}.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+
+
+def train_decoder_arguments(p: argparse.ArgumentParser) -> None:
+    train_arguments(p, "train_decoder")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`vtok train KIND ...`: the job of that kind."""
+    return cmd_train_decoder(args) if args.kind == "decoder" else cmd_train_mllm(args)
+
+
+def cmd_train_decoder(args: argparse.Namespace) -> int:
+    from jobs.train import load_train_decoder_config, run_decoder
+
+    cfg = load_train_decoder_config(args.overrides, args.config)
+    result = run_decoder(cfg, progress=not args.no_progress)
+    model, held = result["model"], result["heldout_reconstruction"]
+    print(f"run                {cfg.output} ({'resumed' if result['resumed'] else 'new'}; {model.tokens} tokens -> "
+          f"{model.space}, transformer {model.transformer_mode})")
+    if held:
+        print(f"held-out colour    {held['color']:.2f} of {int(held['clips'])} reconstructions (chance "
+              f"{held['chance']:.2f})")
+    print(f"report             {result['report']} (summary: vtok report {cfg.output})")
+    return 0
+
+
+def decode_arguments(p: argparse.ArgumentParser) -> None:
+    _overrides(p, "decode")
+    p.add_argument("--config", help="YAML config file (default: the shipped decode.yaml)")
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from jobs.decode import load_decode_config, run_decode_job
+
+    cfg = load_decode_config(args.overrides, args.config)
+    result = run_decode_job(cfg)
+    print(f"wrote {result['videos']} videos to {cfg.out} in {result['seconds']:.1f} s "
+          f"({result['videos_per_s']:.2f} videos/s); index {result['index']}")
+    return 0
+
+
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    _overrides(p, "generate")
+    p.add_argument("--config", help="YAML config file (default: the shipped generate.yaml)")
+    p.add_argument("--tokens-out", metavar="PATH", help="also write the generated tokens (token shard format, Parquet)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from jobs.decode import load_generate_config, run_generate_job
+
+    extra = [f"tokens_out={args.tokens_out}"] if args.tokens_out else []
+    cfg = load_generate_config([*args.overrides, *extra], args.config)
+    result = run_generate_job(cfg)
+    for row in result["rows"]:
+        print(f"{row['path']}  {row['frames']} frames {row['width']}x{row['height']}  {row['caption'][:60]}")
+    if result["tokens_out"]:
+        print(f"tokens             {result['tokens_out']}")
+    if result["index"]:
+        print(f"index              {result['index']}")
+    return 0
 
 
 def cmd_train_mllm(args: argparse.Namespace) -> int:
@@ -144,7 +204,7 @@ def cmd_train_mllm(args: argparse.Namespace) -> int:
 
 
 def _train_kind_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=["mllm"], help="what to train: mllm (the decoder arrives with its own job)")
+    p.add_argument("kind", choices=["mllm", "decoder"], help="what to train: the MLLM, or the token -> video decoder")
     train_arguments(p)
 
 
@@ -158,6 +218,36 @@ def _train_mllm_schema() -> type:
     from jobs.train import TrainMLLMJobConfig
 
     return TrainMLLMJobConfig
+
+
+def _load_train_decoder(overrides: list[str], config_file: str | None) -> object:
+    from jobs.train import load_train_decoder_config
+
+    return load_train_decoder_config(overrides, config_file)
+
+
+def _train_decoder_schema() -> type:
+    from jobs.train import TrainDecoderJobConfig
+
+    return TrainDecoderJobConfig
+
+
+def _load_decode(overrides: list[str], config_file: str | None) -> object:
+    from jobs.decode import load_decode_config
+
+    return load_decode_config(overrides, config_file)
+
+
+def _decode_schema() -> type:
+    from jobs.decode import DecodeJobConfig
+
+    return DecodeJobConfig
+
+
+def _generate_schema() -> type:
+    from jobs.decode import GenerateConfig
+
+    return GenerateConfig
 
 
 def _overrides(p: argparse.ArgumentParser, what: str) -> None:
@@ -273,7 +363,17 @@ register(Command("submit", "run a vtok job on a Ray cluster: vtok submit [--foll
                  _submit_arguments, _run_submit, submittable=False))
 register(Command("jobs", "status, logs, stop and list of submitted jobs", _jobs_arguments, _run_jobs,
                  submittable=False))
-register(Command("train", "train a model on token shards: vtok train mllm data=URI output=RUN ...",
-                 _train_kind_arguments, cmd_train_mllm, submittable=False, config_schema=_train_mllm_schema()))
+register(Command("train", "train a model on token shards: vtok train mllm|decoder data=URI output=RUN ... (every "
+                 "key: vtok config train-mllm, vtok config train-decoder)", _train_kind_arguments, cmd_train,
+                 submittable=False))
 register(Command("train-mllm", "the MLLM training job (what vtok train mllm runs; submit it with vtok submit)",
                  train_arguments, cmd_train_mllm, load_config=_load_train_mllm, config_schema=_train_mllm_schema()))
+register(Command("train-decoder", "the decoder training job (what vtok train decoder runs; submit it with vtok submit)",
+                 train_decoder_arguments, cmd_train_decoder, load_config=_load_train_decoder,
+                 config_schema=_train_decoder_schema()))
+register(Command("decode", "stored tokens -> one mp4 per clip through a trained decoder: vtok decode data=URI "
+                 "decoder=CKPT out=DIR [limit=N]", decode_arguments, cmd_decode, load_config=_load_decode,
+                 config_schema=_decode_schema()))
+register(Command("generate", "text -> MLLM visual tokens -> decoder -> mp4: vtok generate mllm=CKPT decoder=CKPT "
+                 "prompt=\"...\" out=FILE.mp4 [--tokens-out PATH]", generate_arguments, cmd_generate,
+                 submittable=False, config_schema=_generate_schema()))

@@ -22,9 +22,34 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["VTOK_DECODE_FAULTS"] = "crash=__vtok_crash__,hang=__vtok_hang__"
 
 
+def _port_outside_ephemeral_range() -> int:
+    """A free port that no bind(0) can be handed later. The server listens only when the first test needs it,
+    minutes after this pick; a port from the ephemeral range (free_port's) was then at times taken by one of
+    Ray's processes (they bind port 0), and boto3 found nothing listening."""
+    import random
+    import socket
+
+    low = 20000  # above Ray's worker ports (10002-19999)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    rng = random.Random(os.getpid())
+    for _ in range(100):
+        port = rng.randrange(low, max(low + 1, high))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 # Every s3:// path in the tests goes to one moto server on loopback, found the standard AWS way
 # (AWS_ENDPOINT_URL + credentials in the environment), so Ray workers started later see it too.
-S3_PORT = free_port()
+S3_PORT = _port_outside_ephemeral_range()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 os.environ.update(
     AWS_ENDPOINT_URL=S3_ENDPOINT,
@@ -110,6 +135,7 @@ def training_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path
     from pipelines.tokenize.clips import SourceConfig
     from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
     from pipelines.tokenize.sink import SinkConfig
+    from pipelines.tokenize.targets import TargetsConfig
     from vtok.shapes import ShapesConfig, write_corpus
     from vtok.video import DecodeConfig
 
@@ -117,6 +143,41 @@ def training_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path
     cfg = ShapesConfig(width=64, height=64, num_frames=8, fps=8.0, min_objects=1, max_objects=1)
     manifest = write_corpus(str(root / "corpus"), 160, seed=21, cfg=cfg)
     out = root / "tokens"
+    # frames_lowres for the decoder's tests (decoder_tokens): one tokenize pass serves both models.
     run_tokenize(TokenizeConfig(input=manifest, output=str(out), decode=DecodeConfig(fps=8.0, max_frames=8),
-                                source=SourceConfig(), sink=SinkConfig(rows_per_shard=32)), progress=False)
+                                source=SourceConfig(), sink=SinkConfig(rows_per_shard=32),
+                                targets=TargetsConfig(lowres_side=DECODER_SIDE)), progress=False)
     return out
+
+
+DECODER_SIDE = 16
+"""Side of training_tokens' frames_lowres: the decoder's frames in its tests."""
+
+
+@pytest.fixture(scope="session")
+def decoder_tokens(training_tokens: Path) -> Path:
+    """Token shards with the decoder's pixel target: training_tokens' 160 single-object clips, 8 frames each,
+    carry frames_lowres [8, 16, 16, 3] (targets.lowres_side=16), so the decoder's tests need no pass of their own."""
+    return training_tokens
+
+
+DECODER_STEPS = 300
+"""Steps of the shared decoder run (pixel space, a small WanTransformer3DModel from scratch)."""
+DECODER_ARGS = ["scaling.num_workers=1", "scaling.cpus_per_worker=1", "train.batch_size=16", "train.lr=5e-3",
+                "train.grad_clip=0", "train.log_every_steps=25", "split.heldout_fraction=0.2", "model.dit.heads=4",
+                "model.dit.head_dim=12", "model.dit.ffn_dim=128", "model.shift=3.0", "model.logit_mean=0.5",
+                "samples.guidance=8.0", "samples.steps=10", "samples.clips=3", "samples.check_clips=32"]
+"""The decoder tests' settings: flow matching weighted towards high noise (shift 3), where the conditioning
+decides the sample, and guidance 8 when sampling make colour from the tokens learnable in a few hundred steps."""
+
+
+@pytest.fixture(scope="session")
+def decoder_run(ray_local, decoder_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One short `vtok train decoder` run on decoder_tokens (real Ray Train), shared by the decoder's tests:
+    (run folder, what jobs.train.run_decoder returned)."""
+    from jobs.train import load_train_decoder_config, run_decoder
+
+    out = tmp_path_factory.mktemp("decoder") / "pixels"
+    cfg = load_train_decoder_config([f"data={decoder_tokens}", f"output={out}", f"train.steps={DECODER_STEPS}",
+                                     f"checkpoint.every_steps={DECODER_STEPS // 2}", *DECODER_ARGS])
+    return out, run_decoder(cfg, progress=False)

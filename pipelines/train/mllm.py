@@ -25,33 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.train.config import CheckpointSettings, ScalingSettings, TrackingSettings, TrainSettings
-from pipelines.train.loop import LoopSpec
+from pipelines.train.data import (
+    SplitSettings,
+    check_frame_sampling,
+    check_heldout,
+    check_manifest,
+    data_record,
+    loop_spec,
+    materialize_if_small,
+    split_rows,
+)
 from pipelines.train.metrics import check_mlflow
-from pipelines.train.run import bind_training_run, fit, flat_config
+from pipelines.train.run import bind_training_run, fit
 from schemas.checkpoint import CONFIG, DATA, FEATURE_STATS, G_PHI, LLM_DIR, TEXT_TOKENIZER_DIR, TRAINABLE
-from schemas.token_shard import SCHEMA_VERSION
 from vtok.errors import InputError
 from vtok.models.mllm_config import MLLMConfig
-from vtok.secrets import redact
 from vtok.storage import join, localize_dir
 
+__all__ = ["MLLMTask", "SplitSettings", "TrainMLLMConfig", "check_data", "loop_spec", "prepare", "run_train_mllm"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SplitSettings:
-    """Which clips are held out of training."""
-
-    heldout_fraction: float = 0.1
-    """Fraction of sample keys held out (by a hash of the key, so the split never changes)."""
-    salt: str = "vtok-heldout-v1"
-    """Salt of that hash: another salt, another split."""
-    heldout_data: str | None = None
-    """A separate held-out token dataset; then every clip of `data` trains."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"split.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -143,24 +136,8 @@ class MLLMTask:
 
 def check_data(cfg: TrainMLLMConfig) -> dict[str, Any]:
     """The dataset's manifest, after every check a user can fail before training starts."""
-    from vtok.dataset import read_manifest
-
-    opts = cfg.storage_options or None
-    try:
-        manifest = read_manifest(cfg.data, opts)
-    except FileNotFoundError as err:
-        raise InputError(f"data={cfg.data}: not a token dataset ({err})") from None
-    if not manifest.get("shards"):
-        raise InputError(f"data={cfg.data}: the dataset has no committed shards; tokenize into it first")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"data={cfg.data}: schema version {manifest.get('schema_version')!r}, this vtok reads "
-                         f"{SCHEMA_VERSION!r}")
-    if cfg.model.tokens == "frame_sampling" and not manifest.get("tokenizer", {}).get("frame_tokens"):
-        raise InputError(f"data={cfg.data}: model.tokens=frame_sampling needs frame_tokens in the shards; "
-                         f"tokenize with tokenizer.frame_tokens=true")
-    frames = [int(t) for t in manifest.get("frame_counts", {})]
-    if cfg.model.tokens == "frame_sampling" and cfg.model.frames and frames and cfg.model.frames > min(frames):
-        raise InputError(f"model.frames={cfg.model.frames} exceeds the shortest clip's T={min(frames)} in {cfg.data}")
+    manifest = check_manifest(cfg.data, cfg.storage_options or None)
+    check_frame_sampling(manifest, cfg.data, cfg.model.tokens, cfg.model.frames)
     return manifest
 
 
@@ -180,33 +157,9 @@ def check_llm(path: str) -> None:
 
 def _split_rows(cfg: TrainMLLMConfig) -> tuple[Any, Any]:
     """(train, held-out) Ray Datasets of the columns the model reads."""
-    import ray.data
-
-    import vtok
-    from vtok.training.split import is_heldout
-
-    # The driver's own reads (the feature statistics over the first rows) see the same rows every run; the
-    # training ingest sets its order in fit(), as Ray Train does not take it from this context.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     columns = ["sample_key", "caption", "attributes", "key_tokens"]
     columns.append("residual_features" if cfg.model.tokens == "vtok" else "frame_tokens")
-    opts = cfg.storage_options or None
-    ds = vtok.read_tokens(cfg.data, opts)
-    present = set(ds.schema().names)
-    ds = ds.select_columns([c for c in columns if c in present])
-    if cfg.split.heldout_data:
-        return ds, vtok.read_tokens(cfg.split.heldout_data, opts).select_columns([c for c in columns if c in present])
-    fraction, salt = cfg.split.heldout_fraction, cfg.split.salt
-
-    def keep(batch: Any, heldout: bool) -> Any:
-        import pyarrow as pa
-
-        mask = [is_heldout(str(k), fraction, salt) == heldout for k in batch.column("sample_key").to_pylist()]
-        return batch.filter(pa.array(mask, pa.bool_()))
-
-    train = ds.map_batches(keep, fn_kwargs={"heldout": False}, batch_format="pyarrow")
-    held = ds.map_batches(keep, fn_kwargs={"heldout": True}, batch_format="pyarrow")
-    return train, held
+    return split_rows(cfg.data, columns, cfg.split, cfg.storage_options or None)
 
 
 PREPARED_DIR = "prepared"
@@ -253,39 +206,22 @@ def prepare(cfg: TrainMLLMConfig, train_ds: Any) -> tuple[str, str, str]:
     return tokenizer_uri, llm_uri, prepared
 
 
-def loop_spec(cfg: TrainMLLMConfig) -> LoopSpec:
-    """What every worker's loop is told: the settings, and MLflow's (the config as parameters, credentials
-    and storage options left out)."""
-    return LoopSpec(run_uri=cfg.output, train=cfg.train, checkpoint=cfg.checkpoint,
-                    storage_options=cfg.storage_options or None, use_gpu=cfg.scaling.use_gpu,
-                    cpus_per_worker=cfg.scaling.cpus_per_worker,
-                    mlflow_uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,
-                    run_name=join(cfg.output, "").rstrip("/").rsplit("/", 1)[-1],
-                    params={k: v for k, v in flat_config(redact(cfg)).items() if not k.startswith("storage_options")})
-
-
 def run_train_mllm(cfg: TrainMLLMConfig, progress: bool = True) -> dict[str, Any]:
     """Check, prepare, bind, train; returns what the run did (for the console and the report)."""
     manifest = check_data(cfg)
     if cfg.tracking.mlflow_uri:
         check_mlflow(cfg.tracking.mlflow_uri, cfg.tracking.experiment)
     train_ds, held_ds = _split_rows(cfg)
-    if held_ds.count() == 0:
-        raise InputError(f"the held-out split of {cfg.split.heldout_data or cfg.data} is empty: raise "
-                         f"split.heldout_fraction or give split.heldout_data")
-    data_record = {"data": cfg.data, "fingerprint": manifest["fingerprint"], "identity": manifest.get("identity"),
-                   "heldout_fraction": cfg.split.heldout_fraction, "salt": cfg.split.salt,
-                   "heldout_data": cfg.split.heldout_data}
+    check_heldout(held_ds, cfg)
+    record = data_record(cfg, manifest)
     identity = {"kind": "mllm", "model": dataclasses.asdict(cfg.model), "text_tokenizer": cfg.text_tokenizer,
                 "data_fingerprint": manifest["fingerprint"], "data_identity": manifest.get("identity"),
                 "split": dataclasses.asdict(cfg.split), "seed": cfg.train.seed}
     resumed = bind_training_run(cfg.output, identity, cfg.storage_options or None)
     tokenizer_uri, llm_uri, prepared = prepare(cfg, train_ds)
-    task = MLLMTask(cfg.model, llm_uri, tokenizer_uri, prepared, cfg.train.seed, data_record,
+    task = MLLMTask(cfg.model, llm_uri, tokenizer_uri, prepared, cfg.train.seed, record,
                     json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), cfg.storage_options or None)
-    if sum(f["bytes"] for f in manifest["shards"]) <= cfg.materialize_bytes:
-        # Small enough to hold: epochs then replay blocks from the object store instead of re-reading shards.
-        train_ds = train_ds.materialize()
+    train_ds = materialize_if_small(train_ds, manifest, cfg.materialize_bytes)
     spec = loop_spec(cfg)
     logger.info("%s run %s: %s tokens, LM %s (%s)", "resuming" if resumed else "starting", cfg.output,
                 cfg.model.tokens, llm_uri, cfg.model.llm_mode)

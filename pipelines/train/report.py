@@ -16,6 +16,8 @@ from vtok.secrets import mask_text, redact
 from vtok.storage import join, read_json, write_bytes_atomic, write_json
 
 TRAIN_REPORT_KIND = "train"
+KEPT_SECTIONS = ("heldout", "samples")
+"""report.json entries a rewrite without `extra` carries over."""
 
 
 def _mean(records: list[dict[str, Any]], key: str, tail: int = 0) -> float:
@@ -49,10 +51,10 @@ def write_train_report(run_uri: str, config: Any, storage_options: dict[str, Any
                        extra: dict[str, Any] | None = None, compare: list[str] | None = None) -> str:
     """Write RUN/report.json and RUN/report.html; returns the page's URI.
 
-    A report rewritten without `extra` (to add a comparison, say) keeps the held-out figures it had."""
+    A report rewritten without `extra` (to add a comparison, say) keeps the held-out figures and sample frames it had."""
     if extra is None:
         previous = read_json(join(run_uri, REPORT_FILE), storage_options) or {}
-        extra = {"heldout": previous["heldout"]} if previous.get("heldout") else None
+        extra = {k: previous[k] for k in KEPT_SECTIONS if previous.get(k)} or None
     report = summarize(run_uri, config, storage_options, extra)
     write_json(join(run_uri, REPORT_FILE), report, storage_options)
     runs = {run_uri: read_metrics(run_uri, storage_options)}
@@ -72,6 +74,8 @@ def render_train_html(report: dict[str, Any], runs: dict[str, list[dict[str, Any
         series = [(names[u], [r["step"] for r in rs if key in r], [float(r[key]) for r in rs if key in r])
                   for u, rs in runs.items()]
         sections.append(f"<section><h2>{esc(key)}</h2>{line_chart_svg(series, key, 'step', key)}</section>")
+    if report.get("samples"):
+        sections.append(samples_section(report["samples"]))
     series = [(names[u], [r["step"] for r in rs], [float(r.get("tokens_per_s", 0.0)) for r in rs])
               for u, rs in runs.items()]
     sections.append(f"<section><h2>Throughput</h2>{line_chart_svg(series, 'tokens per second', 'step', 'tokens/s')}"
@@ -95,6 +99,28 @@ def render_train_html(report: dict[str, Any], runs: dict[str, list[dict[str, Any
     ]
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["generated_unix"]))
     return page("vtok training report", f"{report['run']} · {generated}", cards, sections)
+
+
+def samples_section(samples: list[dict[str, Any]]) -> str:
+    """Held-out clips, each as two rows of frames: the ground truth, then what the model made of its tokens.
+
+    `samples`: [{"sample_key", "caption", "truth": [PNG data URIs], "reconstruction": [PNG data URIs],
+    "note": "..."}]; small frames are drawn enlarged with crisp pixels."""
+
+    def row(uris: list[str], label: str) -> str:
+        images = "".join(f'<img src="{uri}" width="64" height="64" style="image-rendering:pixelated" alt="{label}">'
+                         for uri in uris)
+        return f'<div class="strip">{images}<span>{label}</span></div>'
+
+    clips = []
+    for clip in samples:
+        note = f" · {esc(clip['note'])}" if clip.get("note") else ""
+        caption = esc(mask_text(clip.get("caption") or ""))[:100]
+        clips.append(f'<figure style="width:auto"><figcaption><code>{esc(clip["sample_key"][:16])}</code> {caption}'
+                     f"{note}</figcaption>{row(clip['truth'], 'ground truth')}"
+                     f"{row(clip['reconstruction'], 'reconstruction')}</figure>")
+    return ("<section><h2>Held-out clips</h2><p>Ground truth frames beside the reconstruction sampled from the "
+            f"clip's tokens.</p>{''.join(clips)}</section>")
 
 
 def format_train_report(report: dict[str, Any]) -> list[str]:

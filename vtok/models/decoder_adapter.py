@@ -4,8 +4,9 @@
     residual     r_t     ->  out(res_in(r_t))      + kind[res] + cell[none] + time[t]     t = 1..R
     baseline     f_k,i   ->  out(key_in(f_k,i))    + kind[key] + cell[i]    + time[k]     k = 0..K-1
 
-(key_in / res_in: LayerNorm + Linear into the hidden width; out: GELU + Linear into text_dim, then a
-LayerNorm after the embeddings are added.) The same layout and the same time / cell conventions as the
+(key_in / res_in: per-dimension standardization (x - shift) * scale, LayerNorm + Linear into the hidden
+width; out: GELU + Linear into text_dim, then a LayerNorm after the embeddings are added. The shift and
+scale start as the identity; the training job sets them from its data's statistics, then they train.) The same layout and the same time / cell conventions as the
 MLLM's visual slots (vtok.training.mllm_batch). Clips of a batch differ in R (or T): the states come
 with a mask [B, L] (True = a real slot); padded slots are zeroed here and masked out of the
 cross-attention by the decoder, so their values never matter. A dropped clip (classifier-free
@@ -102,6 +103,14 @@ class TokenAdapter(nn.Module):
             raise ValueError("model.token_dim and model.num_key must be set (the data's D and S) to build the adapter")
         d, h = cfg.token_dim, cfg.adapter_hidden or text_dim
         self.cfg, self.num_key, self.text_dim = cfg, cfg.num_key, text_dim
+        # Per-dimension input standardization (x - shift) * scale before key_in / res_in. A frozen encoder's
+        # tokens vary across clips in a small part of their scale (about 3% of the variance for the tiny CLIP:
+        # colour is a small change to each token), which a per-token LayerNorm does not bring out. Identity
+        # until set_input_stats (the training job sets them from its data's statistics); trained and saved.
+        self.key_shift = nn.Parameter(torch.zeros(d))
+        self.key_scale = nn.Parameter(torch.ones(d))
+        self.res_shift = nn.Parameter(torch.zeros(cfg.residual_dim or d))
+        self.res_scale = nn.Parameter(torch.ones(cfg.residual_dim or d))
         self.key_in = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h))
         self.res_in = nn.Sequential(nn.LayerNorm(cfg.residual_dim or d), nn.Linear(cfg.residual_dim or d, h))
         self.out = nn.Sequential(nn.GELU(), nn.Linear(h, text_dim))
@@ -114,6 +123,23 @@ class TokenAdapter(nn.Module):
             nn.init.normal_(emb.weight, std=0.02)
         # The baseline has no residual slots: keep res_in out of the optimizer (and of DDP's unused-parameter check).
         self.res_in.requires_grad_(cfg.tokens == "vtok")
+        self.res_shift.requires_grad_(cfg.tokens == "vtok")
+        self.res_scale.requires_grad_(cfg.tokens == "vtok")
+
+    @torch.no_grad()
+    def set_input_stats(self, key: tuple[torch.Tensor, torch.Tensor],
+                        residual: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Standardize the inputs by (mean [D], std [D]) of the key (or frame) tokens and of the residual column.
+
+        Each std is floored at a tenth of its RMS, so a near-constant dimension does not get a huge scale."""
+        pairs = [(key, self.key_shift, self.key_scale)]
+        if residual is not None:
+            pairs.append((residual, self.res_shift, self.res_scale))
+        for (mean, std), shift, scale in pairs:
+            assert mean.shape == shift.shape and std.shape == scale.shape, (list(mean.shape), list(shift.shape))
+            floor = max(0.1 * float(std.pow(2).mean().sqrt()), 1e-12)
+            shift.copy_(mean)
+            scale.copy_(1.0 / std.clamp_min(floor))
 
     def forward(
         self, cond: Conditioning, drop: torch.Tensor | None = None
@@ -129,14 +155,15 @@ class TokenAdapter(nn.Module):
             f"key tokens D={cond.key.shape[-1]}, adapter D={self.key_in[1].in_features}"
         )
         cell = torch.arange(n, device=device) % self.num_key  # [N]
-        key = self.out(self.key_in(cond.key)) + self.kind_embed.weight[KEY] + self.cell_embed(cell)
+        key = self.out(self.key_in((cond.key - self.key_shift) * self.key_scale))
+        key = key + self.kind_embed.weight[KEY] + self.cell_embed(cell)
         key = key + self.time_embed(cond.key_time.clamp(0, self.cfg.max_time_steps))  # [B, N, text_dim]
         parts, masks = [key], [cond.key_valid]
         # VTok mode runs res_in even when no clip of the batch has a residual (R = 0): DDP needs every trainable
         # parameter in each step's graph (the loop's prepare_model does not look for unused ones).
         if r or self.cfg.tokens == "vtok":
             steps = torch.arange(1, r + 1, device=device).clamp(max=self.cfg.max_time_steps)  # [R]
-            res = self.out(self.res_in(cond.residual)) + self.kind_embed.weight[RESIDUAL]
+            res = self.out(self.res_in((cond.residual - self.res_shift) * self.res_scale)) + self.kind_embed.weight[RESIDUAL]
             res = res + self.cell_embed.weight[self.num_key] + self.time_embed(steps)  # [B, R, text_dim]
             parts.append(res)
             masks.append(cond.residual_valid)
