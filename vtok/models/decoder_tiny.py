@@ -37,31 +37,25 @@ TINY_WAN_VAE: dict[str, Any] = dict(
 """The tiny AutoencoderKLWan's config: 4 latent channels, 2x down in space and time (T' = 1 + (T - 1) / 2)."""
 
 
-def save_tiny_wan(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
-    """Build a WanTransformer3DModel of TINY_WAN's sizes (updated by `overrides`), seeded, and save it."""
+def _save_seeded(class_name: str, config: dict[str, Any], out_dir: str | Path, seed: int) -> Path:
+    """Build the diffusers model `class_name` from `config` with weights seeded by `seed`, and save it."""
+    import diffusers
     import torch
-    from diffusers import WanTransformer3DModel
 
-    config = {**TINY_WAN, **overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = WanTransformer3DModel(**config)
+        model = getattr(diffusers, class_name)(**config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def save_tiny_wan(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
+    """Build a WanTransformer3DModel of TINY_WAN's sizes (updated by `overrides`), seeded, and save it."""
+    return _save_seeded("WanTransformer3DModel", {**TINY_WAN, **overrides}, out_dir, seed)
 
 
 def save_tiny_wan_vae(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
     """Build an AutoencoderKLWan of TINY_WAN_VAE's sizes (updated by `overrides`), seeded, and save it."""
-    import torch
-    from diffusers import AutoencoderKLWan
-
-    config = {**TINY_WAN_VAE, **overrides}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoencoderKLWan(**config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return _save_seeded("AutoencoderKLWan", {**TINY_WAN_VAE, **overrides}, out_dir, seed)
