@@ -181,3 +181,40 @@ def decoder_run(ray_local, decoder_tokens: Path, tmp_path_factory: pytest.TempPa
     cfg = load_train_decoder_config([f"data={decoder_tokens}", f"output={out}", f"train.steps={DECODER_STEPS}",
                                      f"checkpoint.every_steps={DECODER_STEPS // 2}", *DECODER_ARGS])
     return out, run_decoder(cfg, progress=False)
+
+
+MLLM_STEPS = 280
+"""Steps of the session's two trained MLLM runs (vtok_run, baseline_run)."""
+MLLM_BASE = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=8", "train.lr=2e-3",
+             "train.log_every_steps=5", "split.heldout_fraction=0.2", "model.llm_mode=full"]
+"""Two workers of half a CPU each: data-parallel on the 2-CPU test Ray, a CPU left for Ray Data's reads."""
+
+
+def mllm_args(data: Path, out: Path | str, *extra: str) -> list[str]:
+    """`vtok train mllm` arguments of the tests: MLLM_BASE on `data` into `out`, then `extra`."""
+    return [f"data={data}", f"output={out}", *MLLM_BASE, *extra]
+
+
+@pytest.fixture(scope="session")
+def vtok_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The session's trained VTok MLLM (real Ray Train, one worker): (run folder, what run_mllm returned)."""
+    from jobs.train import load_train_mllm_config, run_mllm
+
+    out = tmp_path_factory.mktemp("mllm") / "vtok"
+    cfg = load_train_mllm_config(mllm_args(training_tokens, out, f"train.steps={MLLM_STEPS}",
+                                           "checkpoint.every_steps=40", "scaling.num_workers=1",
+                                           "scaling.cpus_per_worker=1", "train.batch_size=16",
+                                           "train.warmup_steps=0", "train.grad_clip=0"))
+    return out, run_mllm(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def baseline_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The session's trained frame-sampling baseline (2 frames, two workers): (run folder, run_mllm's result)."""
+    from jobs.train import load_train_mllm_config, run_mllm
+
+    out = tmp_path_factory.mktemp("mllm") / "frames"
+    cfg = load_train_mllm_config(mllm_args(training_tokens, out, f"train.steps={MLLM_STEPS}",
+                                           "checkpoint.every_steps=140", "model.tokens=frame_sampling",
+                                           "model.frames=2"))
+    return out, run_mllm(cfg, progress=False)

@@ -18,38 +18,13 @@ from jobs.train import load_train_mllm_config, run_mllm
 from pipelines.train.metrics import read_metrics
 from pipelines.train.mllm import run_train_mllm
 from pipelines.train.run import RunMismatchError
+from tests.conftest import MLLM_STEPS as STEPS
+from tests.conftest import mllm_args as _args
 from tests.ray_nodes import stop_process_tree
 from vtok.errors import InputError
 from vtok.training.checkpoint import latest_complete, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[3]
-# Two workers of half a CPU each: data-parallel on the 2-CPU test Ray, a CPU left for Ray Data's reads.
-BASE = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=8", "train.lr=2e-3",
-        "train.log_every_steps=5", "split.heldout_fraction=0.2", "model.llm_mode=full"]
-STEPS = 280
-
-
-def _args(data: Path, out: Path | str, *extra: str) -> list[str]:
-    return [f"data={data}", f"output={out}", *BASE, *extra]
-
-
-@pytest.fixture(scope="module")
-def vtok_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("mllm") / "vtok"
-    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=40",
-                                       "scaling.num_workers=1", "scaling.cpus_per_worker=1", "train.batch_size=16",
-                                       "train.warmup_steps=0", "train.grad_clip=0"))
-    return out, run_mllm(cfg, progress=False)
-
-
-@pytest.fixture(scope="module")
-def baseline_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("mllm") / "frames"
-    cfg = load_train_mllm_config(_args(training_tokens, out, f"train.steps={STEPS}", "checkpoint.every_steps=140",
-                                       "model.tokens=frame_sampling", "model.frames=2"))
-    return out, run_mllm(cfg, progress=False)
-
-
 def test_loss_falls_and_metrics_have_every_step(vtok_run) -> None:
     out, _ = vtok_run
     records = read_metrics(str(out))
