@@ -165,7 +165,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     cfg = load_decode_config(args.overrides, args.config)
     result = run_decode_job(cfg)
     print(f"wrote {result['videos']} videos to {cfg.out} in {result['seconds']:.1f} s "
-          f"({result['videos_per_s']:.2f} videos/s); index {result['index']}")
+          f"({result['videos_per_s']:.2f} videos/s), skipped {result['skipped']} already there; "
+          f"index {result['index']}")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 `read_vae_spec` reads only the directory's config.json and lists its weight files, so the driver can check
 the settings against the VAE's compression and fingerprint it without importing torch or diffusers; the
-encoder actors load the model with `VideoVAE`. `save_tiny_wan_vae` builds the tiny seeded AutoencoderKLWan
-the tests and the demo load the real way (no hub here).
+encoder actors load the model with `VideoVAE`. `ensure_tiny_wan_vae` caches the tiny seeded AutoencoderKLWan
+(vtok.models.decoder_tiny) the demo loads the real way (no hub here).
 """
 
 from __future__ import annotations
@@ -162,26 +162,15 @@ class VideoVAE:
             return ((mode - self.mean) / self.std).cpu().numpy()
 
 
-def save_tiny_wan_vae(path: Path, seed: int = 0) -> Path:
-    """Build a tiny AutoencoderKLWan (8x spatial, 4x temporal, 4 latent channels) with seeded weights, saved
-    the diffusers way."""
-    import torch
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    model = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                             temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    return path
-
-
 def ensure_tiny_wan_vae() -> Path:
-    """The demo's VAE: the tiny seeded AutoencoderKLWan, saved once into the cache and loaded from there."""
+    """The demo's VAE: the tiny seeded AutoencoderKLWan (8x in space, 4x in time), saved once into the cache
+    and loaded from there."""
     target = cache_root() / "models" / TINY_WAN_VAE_NAME
     if (target / "config.json").is_file():
         return target
-    return build_once(target, lambda staging: save_tiny_wan_vae(staging))
+    from vtok.models.decoder_tiny import save_tiny_wan_vae
+
+    return build_once(target, lambda staging: save_tiny_wan_vae(staging, compression=8))
 
 
 def _file_sha256(path: Path) -> str:

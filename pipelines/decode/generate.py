@@ -24,8 +24,7 @@ import numpy as np
 
 from pipelines.decode.decode import write_index
 from pipelines.decode.mp4 import put_mp4
-from pipelines.decode.reconstruct import clip_seed, pick_device
-from pipelines.train.decoder_checks import saved_decoder_config
+from pipelines.decode.reconstruct import clip_seed, decoder_checkpoint, load_decoder, pick_device
 from vtok.errors import InputError
 from vtok.models.decoder_config import DecoderConfig
 from vtok.storage import get_fs, join, write_bytes_atomic
@@ -119,16 +118,11 @@ class TextToVideo:
 
     def __init__(self, mllm_dir: Path, decoder_dir: Path, device: str = "auto",
                  storage_options: dict[str, Any] | None = None) -> None:
-        from vtok.models.decoder import VTokDecoder
-        from vtok.models.decoder_video import load_vae
         from vtok.models.mllm import VTokLM
-        from vtok.storage import localize_dir
 
         self.device = pick_device(device)
         self.mllm = VTokLM.from_pretrained(mllm_dir).to(self.device).eval()
-        cfg = saved_decoder_config(decoder_dir, "decoder")
-        vae = load_vae(localize_dir(cfg.vae, storage_options)) if cfg.space == "latents" and cfg.vae else None
-        self.decoder = VTokDecoder.from_pretrained(decoder_dir, vae=vae).to(self.device).eval()
+        self.decoder = load_decoder(decoder_dir, self.device, storage_options)
 
     def __call__(self, prompt: str, key: str, steps: int | None, guidance: float | None,
                  seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -175,14 +169,13 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     opts = cfg.storage_options or None
     prompts = read_prompts(cfg)
     mllm_dir = local_checkpoint(cfg.mllm, "mllm", opts)
-    decoder_dir = local_checkpoint(cfg.decoder, "decoder", opts)
+    _, decoder_dir, decoder = decoder_checkpoint(cfg.decoder, opts)
     try:
         mllm_record = json.loads((mllm_dir / "config.json").read_text())
     except (OSError, ValueError):
         raise InputError(f"mllm={cfg.mllm}: not an MLLM checkpoint (no readable config.json)") from None
     if "mllm" not in mllm_record:
         raise InputError(f"mllm={cfg.mllm}: not an MLLM checkpoint (its config.json has no 'mllm' section)")
-    decoder = saved_decoder_config(decoder_dir, "decoder")
     check_pair(mllm_record, decoder, cfg.mllm, cfg.decoder)
     model = TextToVideo(mllm_dir, decoder_dir, cfg.device, opts)
     single = cfg.prompt is not None

@@ -1,12 +1,14 @@
 """Write stage (CPU tasks): each clip's frames -> one mp4 (H.264, yuv420p) at OUT/<name>.mp4, local or s3://.
 
-The encoder wants a real file, so each video is written to a local temporary file and then copied to
-the output (one PUT on an object store): a reader never sees half a video. yuv420p needs even sides:
-frames of an odd side get their last row / column repeated.
+The encoder wants a real file, so each video is written to a local temporary file, then renamed into place
+(a local output: the temporary file is beside it) or sent in one PUT (an object store): whatever is killed
+when, a file under a video's name is a whole video, never half of one. yuv420p needs even sides: frames of
+an odd side get their last row / column repeated.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from vtok.storage import get_fs, join
+from vtok.storage import get_fs, honour_umask, is_local, join
 
 INDEX_FILE = "index.jsonl"
 """OUT/index.jsonl: one JSON object per video (sample key, source, caption, path, frames, size)."""
+TEMP_PREFIX = ".tmp-"
+"""Temporary files of videos being written locally (a kill leaves them; a resumed decode removes them)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -45,13 +49,25 @@ def put_mp4(frames: np.ndarray, uri: str, fps: float, storage_options: dict[str,
 
     ready = prepare_frames(frames, upscale)
     fs, path = get_fs(uri, storage_options)
-    with tempfile.TemporaryDirectory(prefix="vtok-mp4-") as tmp:
-        local = Path(tmp) / "video.mp4"
-        write_mp4(local, ready, fps)
-        parent = path.rsplit("/", 1)[0]
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(local), path)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_local(uri):
+        # The ".mp4" suffix tells the muxer the container.
+        fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=TEMP_PREFIX, suffix=".mp4")
+        os.close(fd)
+        try:
+            write_mp4(tmp, ready, fps)
+            honour_umask(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="vtok-mp4-") as scratch:
+            local = Path(scratch) / "video.mp4"
+            write_mp4(local, ready, fps)
+            fs.put_file(str(local), path)
     return int(ready.shape[0]), int(ready.shape[1]), int(ready.shape[2])
 
 

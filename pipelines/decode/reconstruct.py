@@ -2,17 +2,21 @@
 
 The decoder loads once per actor (VTokDecoder.from_pretrained on a complete checkpoint) and samples under
 torch.inference_mode. Each clip gets its own noise, seeded by (seed, sample key): a clip's video is the
-same whatever batch, actor or number of actors it lands in.
+same whatever batch, actor or number of actors it lands in. `decoder_checkpoint` and `load_decoder` are the
+set-up `vtok decode` (these actors) and `vtok generate` (in process) share.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.train.decoder_checks import saved_decoder_config
+from vtok.models.decoder_config import DecoderConfig
+from vtok.storage import localize_dir
 
 TOKEN_INPUTS = ("key_tokens", "residual_features", "residual_tokens", "frame_tokens")
 """Columns the stage consumes; it passes every other column through."""
@@ -32,6 +36,28 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def decoder_checkpoint(uri: str, storage_options: dict[str, Any] | None = None,
+                       key: str = "decoder") -> tuple[str, Path, DecoderConfig]:
+    """(checkpoint URI, local folder, saved config) of the complete decoder checkpoint `uri` names (a step
+    folder, or a run's latest); refused with an InputError naming `key` (a remote one is downloaded once)."""
+    from vtok.training.checkpoint_ref import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(uri, key, storage_options)
+    folder = localize_dir(checkpoint, storage_options)
+    return checkpoint, folder, saved_decoder_config(folder, key)
+
+
+def load_decoder(folder: Path, device: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The VTokDecoder of a local checkpoint folder on `device`, in eval mode, with its VAE in latent space
+    (a remote VAE directory is downloaded once)."""
+    from vtok.models.decoder import VTokDecoder
+    from vtok.models.decoder_video import load_vae
+
+    cfg = saved_decoder_config(folder, "decoder")
+    vae = load_vae(localize_dir(cfg.vae, storage_options)) if cfg.space == "latents" and cfg.vae else None
+    return VTokDecoder.from_pretrained(folder, vae=vae).to(device).eval()
+
+
 class Reconstructor:
     """Ray Data callable class: a batch of token rows -> the same rows with "frames" (uint8 [T, H, W, 3] each)."""
 
@@ -39,16 +65,9 @@ class Reconstructor:
                  guidance: float | None = None, seed: int = 0, device: str = "auto", num_threads: int = 1) -> None:
         import torch
 
-        from vtok.models.decoder import VTokDecoder
-        from vtok.models.decoder_video import load_vae
-        from vtok.storage import localize_dir
-
         torch.set_num_threads(max(1, num_threads))
-        folder = localize_dir(checkpoint, storage_options)
         self.device = pick_device(device)
-        cfg = saved_decoder_config(folder, "decoder")
-        vae = load_vae(localize_dir(cfg.vae, storage_options)) if cfg.space == "latents" and cfg.vae else None
-        self.model = VTokDecoder.from_pretrained(folder, vae=vae).to(self.device).eval()
+        self.model = load_decoder(localize_dir(checkpoint, storage_options), self.device, storage_options)
         self.cfg = self.model.cfg
         self.steps, self.guidance, self.seed = steps, guidance, seed
 

@@ -24,17 +24,29 @@ TINY_WAN: dict[str, Any] = dict(
 )
 """The tiny WanTransformer3DModel's config (pixel space: 3 channels)."""
 
-TINY_WAN_VAE: dict[str, Any] = dict(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[True],
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-)
-"""The tiny AutoencoderKLWan's config: 4 latent channels, 2x down in space and time (T' = 1 + (T - 1) / 2)."""
+TINY_WAN_VAE_COMPRESSIONS = (2, 4, 8)
+"""Spatial compressions the tiny AutoencoderKLWan is built with: 2 for the decoder's toy-scale latents,
+8 (with 4x in time, as WAN2.1's VAE) for the tokenizer's `targets.vae` tests and demo."""
+
+
+def tiny_wan_vae_config(compression: int = 2) -> dict[str, Any]:
+    """AutoencoderKLWan kwargs of a tiny VAE: 4 latent channels, `compression`x down in space, and
+    min(compression, 4)x in time (T' = 1 + (T - 1) / that), the temporal steps on its deepest levels."""
+    if compression not in TINY_WAN_VAE_COMPRESSIONS:
+        raise ValueError(f"compression={compression!r}: the tiny Wan VAE is built with one of "
+                         f"{TINY_WAN_VAE_COMPRESSIONS}")
+    levels = compression.bit_length() - 1
+    temporal = min(levels, 2)
+    return dict(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1] + [2] * levels,
+        num_res_blocks=1,
+        attn_scales=[],
+        temperal_downsample=[False] * (levels - temporal) + [True] * temporal,
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
 
 
 def _save_seeded(class_name: str, config: dict[str, Any], out_dir: str | Path, seed: int) -> Path:
@@ -56,6 +68,7 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
     return _save_seeded("WanTransformer3DModel", {**TINY_WAN, **overrides}, out_dir, seed)
 
 
-def save_tiny_wan_vae(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
-    """Build an AutoencoderKLWan of TINY_WAN_VAE's sizes (updated by `overrides`), seeded, and save it."""
-    return _save_seeded("AutoencoderKLWan", {**TINY_WAN_VAE, **overrides}, out_dir, seed)
+def save_tiny_wan_vae(out_dir: str | Path, seed: int = 0, *, compression: int = 2, **overrides: Any) -> Path:
+    """Build an AutoencoderKLWan of tiny_wan_vae_config(compression)'s sizes (updated by `overrides`), seeded,
+    and save it."""
+    return _save_seeded("AutoencoderKLWan", {**tiny_wan_vae_config(compression), **overrides}, out_dir, seed)

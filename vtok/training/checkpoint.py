@@ -1,7 +1,6 @@
 """Training checkpoints on local disk or any fsspec store (s3://): save, list, load, retain. No pickle.
 
-Layout and marker: schemas.checkpoint. Every file is published whole (locally a temporary file renamed
-into place with the umask's mode; on object stores one PUT, or one multipart upload, per file) and the
+Layout and marker: schemas.checkpoint. Every file is published whole (vtok.training.checkpoint_io) and the
 `complete` marker goes last, so a folder without a valid marker is a crash's leftover and everything here
 ignores it. Deleting withdraws the marker first, for the same reason. One writer per run (rank 0) is
 assumed: two processes saving the same step at once are not coordinated.
@@ -39,9 +38,16 @@ from schemas.checkpoint import (
     validate_checkpoint_listing,
 )
 from vtok.errors import InputError
-from vtok.storage import build_once, cache_root, get_fs, honour_umask, is_local, join, strip_file_scheme
-
-_CHUNK = 8 << 20
+from vtok.storage import is_local, join, strip_file_scheme
+from vtok.training.checkpoint_io import (
+    Publisher,
+    delete_checkpoint_folder,
+    download_once,
+    fresh_fs,
+    listing,
+    local_files,
+    sha256_file,
+)
 
 
 class CheckpointError(InputError):
@@ -73,95 +79,6 @@ class LoadedCheckpoint:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Publisher:
-    """Publishes whole files under one checkpoint folder and records what the marker will list."""
-
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
-        self.local = is_local(uri)
-        self.fs, self.root = get_fs(uri, storage_options)
-        self.root = self.root.rstrip("/")
-        self.records: list[FileRecord] = []
-        # The run's checkpoints/ folder too: it gains this step's entry.
-        self.folders: set[str] = {self.root, os.path.dirname(self.root)} if self.local else set()
-        self._scratch = None if self.local else tempfile.mkdtemp(prefix="vtok-ckpt-")
-
-    def target(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
-
-    def spool(self, rel: str) -> str:
-        """A fresh temporary file for `rel`'s bytes: beside the target locally (publishing is a rename), else scratch."""
-        folder = os.path.dirname(self.target(rel)) if self.local else self._scratch
-        assert folder is not None
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        os.close(fd)
-        honour_umask(tmp)
-        return tmp
-
-    def publish(self, tmp: str, rel: str) -> None:
-        """Move a finished spool file into place (consumes `tmp`)."""
-        try:
-            record = FileRecord(rel, os.path.getsize(tmp), _sha256_file(tmp))
-            if self.local:
-                # Again at the end: safetensors' save_file replaces the spool file with a 0600 one of its own.
-                honour_umask(tmp)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.target(rel))
-                self.folders.add(os.path.dirname(self.target(rel)))
-            else:
-                self.fs.put_file(tmp, self.target(rel))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        self.records.append(record)
-
-    def publish_copy(self, src: Path, rel: str) -> None:
-        """Publish a copy of the local file `src` as `rel`."""
-        if self.local:
-            tmp = self.spool(rel)
-            shutil.copyfile(src, tmp)
-            self.publish(tmp, rel)
-            return
-        # Straight from the source: no second local copy of a multi-GB model file.
-        record = FileRecord(rel, src.stat().st_size, _sha256_file(src))
-        self.fs.put_file(str(src), self.target(rel))
-        self.records.append(record)
-
-    def publish_bytes(self, data: bytes, rel: str) -> None:
-        """Publish `data` as `rel`."""
-        tmp = self.spool(rel)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        self.publish(tmp, rel)
-
-    def durable(self) -> None:
-        """Make every rename so far durable before the marker can be (a crash must not keep the marker only)."""
-        if self.local:
-            for folder in sorted(self.folders, key=len, reverse=True):
-                _fsync_dir(folder)
-
-    def close(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-
-
 def _json_bytes(name: str, value: Any) -> bytes:
     try:
         # Strict JSON (no NaN/Infinity): any reader, not only Python's, must parse what vtok writes.
@@ -185,17 +102,6 @@ def _savable(tensors: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.
         seen.add(t.untyped_storage().data_ptr())
         out[key] = t
     return out
-
-
-def _local_files(folder: Path) -> list[tuple[Path, str]]:
-    """Every file under a local folder (symlinks followed: HF cache snapshots are links) and its relative path."""
-    found: list[tuple[Path, str]] = []
-    for here, subdirs, names in os.walk(folder, followlinks=True):
-        subdirs.sort()
-        for name in sorted(names):
-            path = Path(here) / name
-            found.append((path, path.relative_to(folder).as_posix()))
-    return found
 
 
 def _check_save_request(
@@ -271,8 +177,8 @@ def save_checkpoint(
     # Serialise before touching storage: a JSON error must not cost the old folder for this step.
     encoded = {name: _json_bytes(name, value) for name, value in json_files.items()}
     holding = _hold_sources(uri, dirs)
-    _delete_checkpoint(uri, storage_options)
-    pub = _Publisher(uri, storage_options)
+    delete_checkpoint_folder(uri, storage_options)
+    pub = Publisher(uri, storage_options)
     try:
         for name, group in tensors.items():
             tmp = pub.spool(name)
@@ -287,7 +193,7 @@ def save_checkpoint(
         for name, path in files.items():
             pub.publish_copy(Path(path), name)
         for name, folder in dirs.items():
-            for src, rel in _local_files(Path(folder)):
+            for src, rel in local_files(Path(folder)):
                 pub.publish_copy(src, f"{name}/{rel}")
         pub.durable()
         time = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -304,22 +210,6 @@ def save_checkpoint(
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _fresh_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    fs, path = get_fs(uri, storage_options)
-    if not is_local(uri):
-        # Another process (a previous attempt, the trainer's rank 0) may have written since fsspec listed.
-        fs.invalidate_cache()
-    return fs, path.rstrip("/")
-
-
-def _listing(fs: Any, root: str) -> dict[str, int]:
-    """Relative path -> size of every file under `root` ({} when there is nothing)."""
-    if not fs.exists(root):
-        return {}
-    found = fs.find(root, detail=True)
-    return {p[len(root) + 1 :]: int(info["size"]) for p, info in found.items() if p.startswith(root + "/")}
-
-
 def _read_marker(fs: Any, root: str, files: Mapping[str, int]) -> tuple[Any | None, list[str]]:
     if COMPLETE_MARKER not in files:
         return None, []
@@ -332,7 +222,7 @@ def _read_marker(fs: Any, root: str, files: Mapping[str, int]) -> tuple[Any | No
 
 
 def _inspect(fs: Any, root: str, step: int | None) -> tuple[Any | None, list[str]]:
-    files = _listing(fs, root)
+    files = listing(fs, root)
     marker, problems = _read_marker(fs, root, files)
     if problems:
         return None, problems
@@ -342,7 +232,7 @@ def _inspect(fs: Any, root: str, step: int | None) -> tuple[Any | None, list[str
 def list_checkpoints(run_uri: str, storage_options: dict[str, Any] | None = None) -> list[CheckpointInfo]:
     """Every checkpoint folder of the run, complete or not, sorted by step."""
     base = join(run_uri, CHECKPOINTS_DIR)
-    fs, root = _fresh_fs(base, storage_options)
+    fs, root = fresh_fs(base, storage_options)
     if not fs.exists(root):
         return []
     names = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=True)
@@ -371,7 +261,7 @@ def _verified(uri: str, path: Path, record: FileRecord, verify: bool) -> Path:
     size = path.stat().st_size
     if size != record.bytes:
         raise _refuse(uri, [f"{record.path!r} has {size} bytes, the marker says {record.bytes}"])
-    if verify and _sha256_file(path) != record.sha256:
+    if verify and sha256_file(path) != record.sha256:
         raise _refuse(uri, [f"{record.path!r} does not match the sha256 in the marker (changed since it was saved)"])
     return path
 
@@ -379,25 +269,14 @@ def _verified(uri: str, path: Path, record: FileRecord, verify: bool) -> Path:
 def _download_dirs(
     uri: str, fs: Any, root: str, marker: Mapping[str, Any], records: Mapping[str, FileRecord], verify: bool
 ) -> dict[str, Path]:
-    """Local copies of a remote checkpoint's folders, downloaded once into vtok's cache."""
+    """Local copies of a remote checkpoint's folders, downloaded once into vtok's cache and checked
+    against the marker as they land."""
     if not marker["dirs"]:
         return {}
-    identity = hashlib.sha256(f"{uri}\n{json.dumps(marker, sort_keys=True)}".encode()).hexdigest()[:16]
-    target = cache_root() / "checkpoints" / identity
-
-    def fill(staging: Path) -> None:
-        for name in marker["dirs"]:
-            (staging / name).mkdir(exist_ok=True)
-        for rel, record in records.items():
-            if "/" not in rel:
-                continue
-            local = staging / rel
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root}/{rel}", str(local))
-            _verified(uri, local, record, verify)
-
-    build_once(target, fill)
-    return {name: target / name for name in marker["dirs"]}
+    # Keyed by the marker too: a step saved again is another download, never the stale copy.
+    key = hashlib.sha256(f"{uri}\n{json.dumps(marker, sort_keys=True)}".encode()).hexdigest()[:16]
+    return download_once(fs, root, marker["dirs"], [rel for rel in records if "/" in rel], key,
+                         lambda local, rel: _verified(uri, local, records[rel], verify))
 
 
 def load_checkpoint(
@@ -408,7 +287,7 @@ def load_checkpoint(
     Refused: no sound marker, a listed file missing or of another size, or (with `verify`) another sha256.
     Folders of a remote checkpoint are downloaded once into vtok's cache; local ones are used in place.
     """
-    fs, root = _fresh_fs(uri, storage_options)
+    fs, root = fresh_fs(uri, storage_options)
     step = parse_step(root.rsplit("/", 1)[-1])
     marker, problems = _inspect(fs, root, step)
     if problems or marker is None:
@@ -441,26 +320,6 @@ def load_checkpoint(
     return out
 
 
-# --------------------------------------------------------------------------------------------- deleting
-
-
-def _delete_checkpoint(uri: str, storage_options: dict[str, Any] | None) -> None:
-    """Remove one checkpoint folder, the marker first: a half-deleted checkpoint is never taken for complete."""
-    fs, root = _fresh_fs(uri, storage_options)
-    marker = f"{root}/{COMPLETE_MARKER}"
-    if is_local(uri):
-        if os.path.lexists(marker):
-            os.unlink(marker)
-            _fsync_dir(root)
-        if os.path.isdir(root):
-            shutil.rmtree(root)
-        return
-    if fs.exists(marker):
-        fs.rm_file(marker)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
 def retain(
     run_uri: str,
     keep_last: int,
@@ -483,10 +342,5 @@ def retain(
     keep = {info.step for info in complete[-keep_last:]} | set(protect) | {newest}
     doomed = [info for info in infos if info.step not in keep and info.step < newest]
     for info in doomed:
-        _delete_checkpoint(info.uri, storage_options)
+        delete_checkpoint_folder(info.uri, storage_options)
     return [info.step for info in doomed]
-
-
-# ------------------------------------------------------------------------------ JSON-able nested state
-
-# Tags for what plain JSON cannot hold exactly: tuples, non-finite floats, non-str keys, small tensors.

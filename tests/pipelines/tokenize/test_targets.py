@@ -25,8 +25,8 @@ from pipelines.tokenize.sink import SinkConfig
 from pipelines.tokenize.targets import TargetsConfig, pick_frames
 from vtok.dataset import describe, read_manifest, shard_uris, validate_dataset
 from vtok.loader import TokenIterable
+from vtok.models.decoder_tiny import save_tiny_wan_vae
 from vtok.video import DecodeConfig, decode_clip, resize_center_crop
-from vtok.video_vae import save_tiny_wan_vae
 
 FORMATS = ("parquet", "webdataset")
 DECODE = DecodeConfig(fps=4.0, max_frames=8)  # the corpus' 2 s videos: T = 8 frames of 64 x 64 (tiny CLIP)
@@ -47,7 +47,7 @@ def _run(cfg: TokenizeConfig, corpus: Path) -> TokenizeSummary:
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_wan_vae(tmp_path_factory.mktemp("vae") / "tiny-wan-vae", seed=0)
+    return save_tiny_wan_vae(tmp_path_factory.mktemp("vae") / "tiny-wan-vae", seed=0, compression=8)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_resuming_with_other_targets_is_refused_naming_the_key_and_both_values(
     if targets.get("vae") == "LOCAL":
         targets["vae"] = str(vae_dir)
     elif targets.get("vae") == "OTHER":  # the same class and config, other weights
-        targets["vae"] = str(save_tiny_wan_vae(tmp_path / "other-vae", seed=1))
+        targets["vae"] = str(save_tiny_wan_vae(tmp_path / "other-vae", seed=1, compression=8))
     with pytest.raises(DatasetMismatchError, match=message):
         _run(_cfg(out, limit=1 if base == "plain" else 4, **targets), shapes_corpus)
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before

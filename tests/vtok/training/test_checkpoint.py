@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from vtok.training.checkpoint import (
     retain,
     save_checkpoint,
 )
+from vtok.training.checkpoint_io import Publisher
 from vtok.training.train_state import (
     decode_state,
     encode_state,
@@ -113,9 +115,9 @@ def test_save_load_round_trip_s3(s3_bucket: str, tmp_path: Path) -> None:
 
 def test_marker_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
-    publish, publish_copy = ckpt._Publisher.publish, ckpt._Publisher.publish_copy
-    monkeypatch.setattr(ckpt._Publisher, "publish", lambda self, tmp, rel: (order.append(rel), publish(self, tmp, rel)))
-    monkeypatch.setattr(ckpt._Publisher, "publish_copy",
+    publish, publish_copy = Publisher.publish, Publisher.publish_copy
+    monkeypatch.setattr(Publisher, "publish", lambda self, tmp, rel: (order.append(rel), publish(self, tmp, rel)))
+    monkeypatch.setattr(Publisher, "publish_copy",
                         lambda self, src, rel: (order.append(rel), publish_copy(self, src, rel)))
     save_checkpoint(str(tmp_path / "run"), 1, tensors=_tensors(), json_files=_json(),
                     dirs={TEXT_TOKENIZER_DIR: _tokenizer_dir(tmp_path)})
@@ -247,7 +249,7 @@ def test_deleting_removes_the_marker_first(tmp_path: Path, monkeypatch: pytest.M
     def crash(path: object, *args: object, **kwargs: object) -> None:
         raise OSError("killed mid-delete")
 
-    monkeypatch.setattr(ckpt.shutil, "rmtree", crash)
+    monkeypatch.setattr(shutil, "rmtree", crash)
     with pytest.raises(OSError, match="killed"):
         retain(str(run), 1)
     first = list_checkpoints(str(run))[0]
