@@ -46,6 +46,15 @@ def read_shard(uri: str, storage_options: dict[str, Any] | None = None, columns:
         return pq.read_table(f, columns=columns)
 
 
+def read_shard_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """One committed shard, Parquet or WebDataset, as the schema v1 Arrow table that read_tokens' blocks hold."""
+    if uri.endswith(".tar"):
+        from schemas.webdataset import samples_to_table
+
+        return samples_to_table(list(iter_webdataset_shard(uri, storage_options)))
+    return read_shard(uri, storage_options)
+
+
 def shard_info(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Schema version, fingerprint, tokenizer config and row count from a shard's footer."""
     fs, path = get_fs(uri, storage_options)
@@ -204,10 +213,7 @@ def read_tokens(uri: str, storage_options: dict[str, Any] | None = None) -> ray.
 
 
 def _webdataset_shards_to_table(batch: pa.Table, storage_options: dict[str, Any] | None) -> pa.Table:
-    from schemas.webdataset import samples_to_table
-
-    tables = [samples_to_table(list(iter_webdataset_shard(uri, storage_options)))
-              for uri in batch.column("shard").to_pylist()]
+    tables = [read_shard_table(uri, storage_options) for uri in batch.column("shard").to_pylist()]
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 

@@ -1,21 +1,28 @@
 """What every training job (MLLM, decoder) does with its token dataset and run settings, in one place.
 
-- check_manifest: the dataset is a committed token dataset of the schema this vtok reads;
+- TrainJobConfig: the keys every job's config has (each job's config subclasses it);
+- check_manifest / check_tracking: the dataset is a committed token dataset of the schema this vtok reads,
+  and MLflow answers when it is asked for;
 - check_frame_sampling: the frame-sampling baseline has frame_tokens and enough frames;
 - split_rows: the held-out clips, by a hash of the sample key (vtok.training.split), or a second dataset;
-- data_record / materialize_if_small / loop_spec: what a checkpoint records of its data, how the training
-  split is held, and what every worker's loop is told.
+- data_record / config_record / materialize_if_small / loop_spec: what a checkpoint records of its data and
+  config, how the training split is held, and what every worker's loop is told;
+- bind_job / fit_job: the run bound to what it is made of, and Ray Train started under the run's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.train.config import CheckpointSettings, ScalingSettings, TrackingSettings, TrainSettings
-from pipelines.train.loop import LoopSpec
-from pipelines.train.run import flat_config
+from pipelines.train.loop import LoopSpec, TrainTask
+from pipelines.train.metrics import check_mlflow
+from pipelines.train.run import bind_training_run, fit, flat_config
 from schemas.token_shard import SCHEMA_VERSION
 from vtok.errors import InputError
 from vtok.secrets import redact
@@ -38,18 +45,34 @@ class SplitSettings:
             raise ValueError(f"split.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
 
-class TrainJobConfig(Protocol):
-    """The fields every training job's config has (TrainMLLMConfig, TrainDecoderConfig)."""
+@dataclass
+class TrainJobConfig:
+    """The keys every training job's config has, in `vtok config`'s order; TrainMLLMConfig and
+    TrainDecoderConfig subclass it, each giving `model` its class and adding its own keys."""
 
-    data: str
-    output: str
-    split: SplitSettings
-    train: TrainSettings
-    scaling: ScalingSettings
-    checkpoint: CheckpointSettings
-    tracking: TrackingSettings
-    materialize_bytes: int
-    storage_options: dict[str, Any]
+    data: str = "???"
+    """Token dataset (a `vtok tokenize` output; the decoder's with decoder targets), local or s3://."""
+    output: str = "???"
+    """The run directory: checkpoints, metrics, report; rerunning the same command resumes it."""
+    model: Any = None
+    """The job's model config (each job declares its class; here for the key's place in the listing)."""
+    split: SplitSettings = field(default_factory=SplitSettings)
+    """Held-out clips."""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    """Steps, batch size, learning rate, seed."""
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    """Ray Train workers."""
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    """Checkpoint interval and retention."""
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    """MLflow."""
+    stats_clips: int = 2048
+    """Clips (the first of the training split) whose token statistics standardize the model's inputs."""
+    materialize_bytes: int = 1 << 30
+    """A dataset whose shards total at most this many bytes is read once and kept in Ray's object store for
+    every epoch; a larger one streams from storage each epoch."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for s3:// data, runs and model directories."""
 
 
 def check_manifest(data: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -66,6 +89,12 @@ def check_manifest(data: str, storage_options: dict[str, Any] | None = None) -> 
         raise InputError(f"data={data}: schema version {manifest.get('schema_version')!r}, this vtok reads "
                          f"{SCHEMA_VERSION!r}")
     return manifest
+
+
+def check_tracking(cfg: TrainJobConfig) -> None:
+    """Refuse an MLflow tracking URI that does not answer (or MLflow missing), before training starts."""
+    if cfg.tracking.mlflow_uri:
+        check_mlflow(cfg.tracking.mlflow_uri, cfg.tracking.experiment)
 
 
 def frame_counts(manifest: dict[str, Any]) -> list[int]:
@@ -86,38 +115,73 @@ def check_frame_sampling(manifest: dict[str, Any], data: str, tokens: str, frame
 
 
 def split_rows(data: str, columns: list[str], split: SplitSettings, storage_options: dict[str, Any] | None = None,
-               hold: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+               transform: Callable[[Any], Any] | None = None, in_memory_bytes: int = 0) -> tuple[Any, Any]:
     """(train, held-out) Ray Datasets of `columns` (those the shards have) of the token dataset `data`.
 
-    `hold`: applied to the dataset before it is split (e.g. dense_tensors, then materialize_if_small), so
-    both splits, their count and the statistics read it once."""
+    `transform`: a pyarrow table -> table function applied to every block before the split (dense_tensors).
+    A dataset whose shards total at most `in_memory_bytes` is read once, in the driver, and handed to Ray as
+    in-memory blocks (one per shard, in shard order): its count, statistics, report samples and every epoch
+    then read memory. Each Ray Data read of shards costs seconds of task start-up whatever their size; a small
+    dataset used to pay it five times before its first step. A larger dataset streams from storage."""
     import ray.data
 
     import vtok
-    from vtok.training.split import is_heldout
 
     # The driver's own reads (statistics, report samples over the first rows) see the same rows every run; the
     # training ingest sets its order in fit(), as Ray Train does not take it from this context.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = vtok.read_tokens(data, storage_options)
-    present = [c for c in columns if c in set(ds.schema().names)]
-    ds = ds.select_columns(present)
-    if hold is not None:
-        ds = hold(ds)
+
+    def open_rows(uri: str) -> Any:
+        if dataset_bytes(uri, storage_options) <= in_memory_bytes:
+            return ray.data.from_arrow(_shard_tables(uri, columns, storage_options, transform))
+        ds = vtok.read_tokens(uri, storage_options)
+        ds = ds.select_columns([c for c in columns if c in set(ds.schema().names)])
+        return ds.map_batches(transform, batch_format="pyarrow") if transform is not None else ds
+
+    ds = open_rows(data)
     if split.heldout_data:
-        held = vtok.read_tokens(split.heldout_data, storage_options).select_columns(present)
-        return ds, hold(held) if hold is not None else held
+        return ds, open_rows(split.heldout_data)
     fraction, salt = split.heldout_fraction, split.salt
-
-    def keep(batch: Any, heldout: bool) -> Any:
-        import pyarrow as pa
-
-        mask = [is_heldout(str(k), fraction, salt) == heldout for k in batch.column("sample_key").to_pylist()]
-        return batch.filter(pa.array(mask, pa.bool_()))
-
-    train = ds.map_batches(keep, fn_kwargs={"heldout": False}, batch_format="pyarrow")
-    held = ds.map_batches(keep, fn_kwargs={"heldout": True}, batch_format="pyarrow")
+    train = ds.map_batches(_keep, fn_kwargs={"heldout": False, "fraction": fraction, "salt": salt},
+                           batch_format="pyarrow")
+    held = ds.map_batches(_keep, fn_kwargs={"heldout": True, "fraction": fraction, "salt": salt},
+                          batch_format="pyarrow")
     return train, held
+
+
+def _keep(batch: Any, heldout: bool, fraction: float, salt: str) -> Any:
+    """The rows of a pyarrow batch on one side of the held-out split."""
+    import pyarrow as pa
+
+    from vtok.training.split import is_heldout
+
+    mask = [is_heldout(str(k), fraction, salt) == heldout for k in batch.column("sample_key").to_pylist()]
+    return batch.filter(pa.array(mask, pa.bool_()))
+
+
+def dataset_bytes(data: str, storage_options: dict[str, Any] | None = None) -> int:
+    """The committed shards' total size, as the manifest records it."""
+    from vtok.dataset import read_manifest
+
+    return sum(int(f["bytes"]) for f in read_manifest(data, storage_options)["shards"])
+
+
+def _shard_tables(data: str, columns: list[str], storage_options: dict[str, Any] | None,
+                  transform: Callable[[Any], Any] | None) -> list[Any]:
+    """Every committed shard of `data` as one Arrow table of `columns` (those any shard has), in shard order."""
+    import pyarrow as pa
+
+    from vtok.dataset import read_shard_table, shard_uris
+
+    tables = [read_shard_table(uri, storage_options) for uri in shard_uris(data, storage_options)]
+    fields = {}
+    for table in tables:
+        fields.update({f.name: f for f in table.schema if f.name in columns and f.name not in fields})
+    present = [fields[c] for c in columns if c in fields]
+    # Parquet shards carry an optional column only where a row has a value: the others get it as nulls.
+    tables = [pa.table([t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                        for f in present], schema=pa.schema(present)) for t in tables]
+    return [transform(t) for t in tables] if transform is not None else tables
 
 
 def dense_tensors(table: Any, columns: tuple[str, ...] = ("key_tokens", "residual_features", "residual_tokens",
@@ -161,9 +225,31 @@ def data_record(cfg: TrainJobConfig, manifest: dict[str, Any]) -> dict[str, Any]
             "heldout_data": cfg.split.heldout_data}
 
 
+def config_record(cfg: TrainJobConfig) -> dict[str, Any]:
+    """The resolved config as every checkpoint's config.json records it: JSON values, credentials (in
+    storage_options or anywhere else) masked."""
+    return json.loads(json.dumps(redact(cfg), default=str))
+
+
+def bind_job(cfg: TrainJobConfig, kind: str, model: Any, manifest: dict[str, Any], **extra: Any) -> bool:
+    """Bind RUN (cfg.output) to what its checkpoints are made of: the job kind, the resolved model config,
+    `extra` (other settings that change the weights), the data's fingerprint and identity, the split and the
+    seed; True when the run exists and matches (a resume), RunMismatchError naming the key otherwise."""
+    identity = {"kind": kind, "model": dataclasses.asdict(model), **extra,
+                "data_fingerprint": manifest["fingerprint"], "data_identity": manifest.get("identity"),
+                "split": dataclasses.asdict(cfg.split), "seed": cfg.train.seed}
+    return bind_training_run(cfg.output, identity, cfg.storage_options or None)
+
+
+def fit_job(kind: str, task: TrainTask, cfg: TrainJobConfig, train_ds: Any, progress: bool = True) -> None:
+    """Train `task` on `train_ds` with Ray Train until cfg.train.steps, under a name fixed by the run directory."""
+    name = f"vtok-{kind}-" + hashlib.sha256(cfg.output.encode()).hexdigest()[:12]
+    fit(task, loop_spec(cfg), {"train": train_ds}, cfg.scaling, name=name, progress=progress)
+
+
 def materialize_if_small(train_ds: Any, manifest: dict[str, Any], limit_bytes: int) -> Any:
-    """The training split kept in Ray's object store when the shards total at most `limit_bytes`: epochs then
-    replay blocks from memory instead of re-reading shards; a larger dataset streams from storage each epoch."""
+    """The training split kept in Ray's object store when the shards total at most `limit_bytes` (split_rows read
+    them into memory): epochs then replay its blocks; a larger dataset streams from storage each epoch."""
     if sum(f["bytes"] for f in manifest["shards"]) <= limit_bytes:
         return train_ds.materialize()
     return train_ds

@@ -14,7 +14,6 @@ the target's frames and size), binds the run to its settings, and hands the shar
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -23,23 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.train.config import CheckpointSettings, ScalingSettings, TrackingSettings, TrainSettings
 from pipelines.train.data import (
-    SplitSettings,
+    TrainJobConfig,
+    bind_job,
     check_heldout,
     check_manifest,
+    check_tracking,
+    config_record,
     data_record,
     dense_tensors,
-    loop_spec,
+    fit_job,
     materialize_if_small,
     split_rows,
 )
 from pipelines.train.decoder_checks import resolve_decoder, target_column, token_columns
-from pipelines.train.metrics import check_mlflow
-from pipelines.train.run import bind_training_run, fit
 from schemas.checkpoint import CONFIG, DATA, DECODER_DIR, TRAINABLE
 from vtok.models.decoder_config import DecoderConfig
-from vtok.secrets import redact
 from vtok.storage import localize_dir
 
 logger = logging.getLogger(__name__)
@@ -72,37 +70,16 @@ class SampleSettings:
 
 
 @dataclass
-class TrainDecoderConfig:
-    """The decoder training job, minus where Ray runs (jobs/ adds that)."""
+class TrainDecoderConfig(TrainJobConfig):
+    """The decoder training job, minus where Ray runs (jobs/ adds that); the keys every training job has:
+    pipelines.train.data.TrainJobConfig."""
 
-    data: str = "???"
-    """Token dataset (a `vtok tokenize` output with decoder targets), local or s3://."""
-    output: str = "???"
-    """The run directory: checkpoints, metrics, report; rerunning the same command resumes it."""
     model: DecoderConfig = field(default_factory=DecoderConfig)
     """The decoder (model.space, model.transformer, model.transformer_mode, model.tokens, ...). The job sets
     model.token_dim, num_key, num_frames, height and width from the data (a token_dim or num_key given that
     disagrees with the data is refused)."""
-    split: SplitSettings = field(default_factory=SplitSettings)
-    """Held-out clips."""
-    train: TrainSettings = field(default_factory=TrainSettings)
-    """Steps, batch size, learning rate, seed."""
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    """Ray Train workers."""
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    """Checkpoint interval and retention."""
-    tracking: TrackingSettings = field(default_factory=TrackingSettings)
-    """MLflow."""
     samples: SampleSettings = field(default_factory=SampleSettings)
     """Held-out reconstructions for the report."""
-    stats_clips: int = 2048
-    """Clips (the first of the training split) whose token statistics initialize the adapter's per-dimension
-    input standardization."""
-    materialize_bytes: int = 1 << 30
-    """A dataset whose shards total at most this many bytes is read once and kept in Ray's object store for
-    every epoch; a larger one streams from storage each epoch."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """fsspec options for s3:// data, runs and model directories."""
 
 
 @dataclass
@@ -205,18 +182,12 @@ def prepare_run(cfg: TrainDecoderConfig) -> tuple[DecoderConfig, dict[str, Any],
     manifest = check_manifest(cfg.data, opts)
     # The target and the directories are checked before the dataset is opened: their errors come first.
     resolve_decoder(cfg.model, manifest, cfg.data, opts)
-    if cfg.tracking.mlflow_uri:
-        check_mlflow(cfg.tracking.mlflow_uri, cfg.tracking.experiment)
+    check_tracking(cfg)
     columns = ["sample_key", "caption", "attributes", "frame_indices", *token_columns(cfg.model),
                target_column(cfg.model)]
 
-    def hold(ds: Any) -> Any:
-        # Tensor columns, not nested lists, so batches reach the collate as ndarrays (see dense_tensors); a
-        # small dataset is read once for the split, its count, the statistics and every epoch.
-        return materialize_if_small(ds.map_batches(dense_tensors, batch_format="pyarrow"), manifest,
-                                    cfg.materialize_bytes)
-
-    train_ds, held_ds = split_rows(cfg.data, columns, cfg.split, opts, hold)
+    # Tensor columns, not nested lists, so batches reach the collate as ndarrays (see dense_tensors).
+    train_ds, held_ds = split_rows(cfg.data, columns, cfg.split, opts, dense_tensors, cfg.materialize_bytes)
     model = resolve_decoder(cfg.model, manifest, cfg.data, opts, _residual_width(cfg.model, train_ds))
     check_heldout(held_ds, cfg)
     return model, manifest, train_ds, held_ds
@@ -226,18 +197,13 @@ def run_train_decoder(cfg: TrainDecoderConfig, progress: bool = True) -> dict[st
     """Check, bind, train; returns what the run did (for the console and the report)."""
     opts = cfg.storage_options or None
     model, manifest, train_ds, held_ds = prepare_run(cfg)
-    identity = {"kind": "decoder", "model": dataclasses.asdict(model), "data_fingerprint": manifest["fingerprint"],
-                "data_identity": manifest.get("identity"), "split": dataclasses.asdict(cfg.split),
-                "seed": cfg.train.seed}
-    resumed = bind_training_run(cfg.output, identity, opts)
-    # The resolved config goes into every checkpoint: credentials in storage_options never do.
-    record = json.loads(json.dumps(redact(dataclasses.replace(cfg, model=model)), default=str))
+    resumed = bind_job(cfg, "decoder", model, manifest)
+    record = config_record(dataclasses.replace(cfg, model=model))
     train_ds = materialize_if_small(train_ds.select_columns(["sample_key", *token_columns(model),
                                                              target_column(model)]), manifest, cfg.materialize_bytes)
     task = DecoderTask(model, data_record(cfg, manifest), record, opts,
                        input_stats(model, train_ds, cfg.stats_clips) if cfg.stats_clips else None)
     logger.info("%s run %s: %s tokens -> %s (%s, transformer %s)", "resuming" if resumed else "starting", cfg.output,
                 model.tokens, model.space, model.transformer or "new", model.transformer_mode)
-    name = "vtok-decoder-" + hashlib.sha256(cfg.output.encode()).hexdigest()[:12]
-    fit(task, loop_spec(cfg), {"train": train_ds}, cfg.scaling, name=name, progress=progress)
+    fit_job("decoder", task, cfg, train_ds, progress=progress)
     return {"resumed": resumed, "heldout": held_ds, "model": model}

@@ -15,8 +15,6 @@ directory once, binds the run to its settings, then hands the shared loop (pipel
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import tempfile
@@ -24,19 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.train.config import CheckpointSettings, ScalingSettings, TrackingSettings, TrainSettings
 from pipelines.train.data import (
     SplitSettings,
+    TrainJobConfig,
+    bind_job,
     check_frame_sampling,
     check_heldout,
     check_manifest,
+    check_tracking,
+    config_record,
     data_record,
+    fit_job,
     loop_spec,
     materialize_if_small,
     split_rows,
 )
-from pipelines.train.metrics import check_mlflow
-from pipelines.train.run import bind_training_run, fit
 from schemas.checkpoint import CONFIG, DATA, FEATURE_STATS, G_PHI, LLM_DIR, TEXT_TOKENIZER_DIR, TRAINABLE
 from vtok.errors import InputError
 from vtok.models.mllm_config import MLLMConfig
@@ -48,34 +48,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainMLLMConfig:
-    """The MLLM training job, minus where Ray runs (jobs/ adds that)."""
+class TrainMLLMConfig(TrainJobConfig):
+    """The MLLM training job, minus where Ray runs (jobs/ adds that); the keys every training job has:
+    pipelines.train.data.TrainJobConfig."""
 
-    data: str = "???"
-    """Token dataset (a `vtok tokenize` output), local or s3://."""
-    output: str = "???"
-    """The run directory: checkpoints, metrics, report; rerunning the same command resumes it."""
     model: MLLMConfig = field(default_factory=MLLMConfig)
     """The MLLM (model.llm, model.tokens, model.frames, ...)."""
     text_tokenizer: str | None = None
     """HF tokenizer directory; None trains a word-level one from the corpus into RUN/text_tokenizer."""
-    split: SplitSettings = field(default_factory=SplitSettings)
-    """Held-out clips."""
-    train: TrainSettings = field(default_factory=TrainSettings)
-    """Steps, batch size, learning rate, seed."""
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    """Ray Train workers."""
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    """Checkpoint interval and retention."""
-    tracking: TrackingSettings = field(default_factory=TrackingSettings)
-    """MLflow."""
-    stats_clips: int = 2048
-    """Clips the feature statistics are computed from (the first of the training split)."""
-    materialize_bytes: int = 1 << 30
-    """A dataset whose shards total at most this many bytes is read once and kept in Ray's object store for
-    every epoch; a larger one streams from storage each epoch."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """fsspec options for s3:// data and runs."""
 
 
 @dataclass
@@ -159,7 +139,8 @@ def _split_rows(cfg: TrainMLLMConfig) -> tuple[Any, Any]:
     """(train, held-out) Ray Datasets of the columns the model reads."""
     columns = ["sample_key", "caption", "attributes", "key_tokens"]
     columns.append("residual_features" if cfg.model.tokens == "vtok" else "frame_tokens")
-    return split_rows(cfg.data, columns, cfg.split, cfg.storage_options or None)
+    return split_rows(cfg.data, columns, cfg.split, cfg.storage_options or None,
+                      in_memory_bytes=cfg.materialize_bytes)
 
 
 PREPARED_DIR = "prepared"
@@ -209,22 +190,16 @@ def prepare(cfg: TrainMLLMConfig, train_ds: Any) -> tuple[str, str, str]:
 def run_train_mllm(cfg: TrainMLLMConfig, progress: bool = True) -> dict[str, Any]:
     """Check, prepare, bind, train; returns what the run did (for the console and the report)."""
     manifest = check_data(cfg)
-    if cfg.tracking.mlflow_uri:
-        check_mlflow(cfg.tracking.mlflow_uri, cfg.tracking.experiment)
+    check_tracking(cfg)
     train_ds, held_ds = _split_rows(cfg)
     check_heldout(held_ds, cfg)
     record = data_record(cfg, manifest)
-    identity = {"kind": "mllm", "model": dataclasses.asdict(cfg.model), "text_tokenizer": cfg.text_tokenizer,
-                "data_fingerprint": manifest["fingerprint"], "data_identity": manifest.get("identity"),
-                "split": dataclasses.asdict(cfg.split), "seed": cfg.train.seed}
-    resumed = bind_training_run(cfg.output, identity, cfg.storage_options or None)
+    resumed = bind_job(cfg, "mllm", cfg.model, manifest, text_tokenizer=cfg.text_tokenizer)
     tokenizer_uri, llm_uri, prepared = prepare(cfg, train_ds)
-    task = MLLMTask(cfg.model, llm_uri, tokenizer_uri, prepared, cfg.train.seed, record,
-                    json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), cfg.storage_options or None)
+    task = MLLMTask(cfg.model, llm_uri, tokenizer_uri, prepared, cfg.train.seed, record, config_record(cfg),
+                    cfg.storage_options or None)
     train_ds = materialize_if_small(train_ds, manifest, cfg.materialize_bytes)
-    spec = loop_spec(cfg)
     logger.info("%s run %s: %s tokens, LM %s (%s)", "resuming" if resumed else "starting", cfg.output,
                 cfg.model.tokens, llm_uri, cfg.model.llm_mode)
-    name = "vtok-mllm-" + hashlib.sha256(cfg.output.encode()).hexdigest()[:12]
-    fit(task, spec, {"train": train_ds}, cfg.scaling, name=name, progress=progress)
+    fit_job("mllm", task, cfg, train_ds, progress=progress)
     return {"resumed": resumed, "heldout": held_ds}
