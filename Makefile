@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build on a CPU box.
 TORCH_VERSION ?= 2.13.0
+# Two pytest-xdist workers, each with its own local Ray and S3 server: most of a test's time is Ray start-up
+# and waiting, not CPU. Tests of one trained model share a group (xdist_group), so each model trains once.
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test lint bench venv clean lock
 
@@ -24,7 +27,7 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,10 @@ import pytest
 from jobs.cli import main
 from tests.conftest import DECODER_SIDE
 
+# The tests of the session's trained models (vtok_run, baseline_run, decoder_run): one pytest-xdist worker
+# trains each model once.
+pytestmark = pytest.mark.xdist_group("trained")
+
 FRAMES = 8
 
 
@@ -62,6 +66,41 @@ def test_decode_writes_one_playable_mp4_per_clip_and_an_index(decoder_run, decod
         frames = read_mp4(row["path"])
         assert frames.shape == (FRAMES, 2 * DECODER_SIDE, 2 * DECODER_SIDE, 3), frames.shape
         assert (row["frames"], row["height"], row["width"]) == (FRAMES, 2 * DECODER_SIDE, 2 * DECODER_SIDE)
+
+
+def test_decode_rerun_skips_whole_videos_and_finishes_the_rest(decoder_run, decoder_tokens: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = decoder_run
+    out = tmp_path / "videos"
+    args = ["decode", f"data={decoder_tokens}", f"decoder={run}", f"out={out}", "limit=4", "steps=2"]
+    assert main(args) == 0
+    assert "wrote 4 videos" in capsys.readouterr().out
+    first = (out / "index.jsonl").read_text()
+    paths = [Path(json.loads(line)["path"]) for line in first.splitlines()]
+    frames = {p.name: read_mp4(p) for p in paths}
+    untouched = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (paths[0], paths[3])]
+    # What a kill leaves: a video not written yet, one cut short under its own name (as a writer that does not
+    # rename would leave it), a temporary file, and no index (it is written last).
+    paths[1].unlink()
+    whole = paths[2].read_bytes()
+    paths[2].write_bytes(whole[: len(whole) // 2])
+    (out / ".tmp-killed.mp4").write_bytes(whole[:100])
+    (out / "index.jsonl").unlink()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 videos" in printed and "skipped 2 already there" in printed, printed
+    assert (out / "index.jsonl").read_text() == first  # the same rows, in the dataset's order
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (paths[0], paths[3])] == untouched
+    for p in paths:
+        assert np.array_equal(read_mp4(p), frames[p.name]), p.name
+    assert sorted(p.name for p in out.iterdir()) == sorted([*frames, "index.jsonl", "run.json"])
+    # All there: nothing decoded. Other sampling settings would mix two decoders' videos in one folder: refused.
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 0 videos" in printed and "skipped 4 already there" in printed, printed
+    assert (out / "index.jsonl").read_text() == first
+    err = _refused([*args, "seed=1"], capsys)
+    assert "seed=0" in err and "seed=1" in err and str(out) in err
 
 
 def test_generate_writes_a_video_and_the_tokens_in_the_shard_format(mllm_run: Path, decoder_run, tmp_path: Path,

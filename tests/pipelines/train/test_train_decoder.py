@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from jobs.cli import main
-from jobs.train import load_train_decoder_config
-from pipelines.train.decoder import run_train_decoder
 from pipelines.train.metrics import read_metrics
 from tests.conftest import DECODER_ARGS, DECODER_SIDE, DECODER_STEPS
-from tests.ray_nodes import stop_process_tree
-from vtok.training.checkpoint import latest_complete, list_checkpoints
+from vtok.training.checkpoint import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[3]
+# The tests of the session's trained models (vtok_run, baseline_run, decoder_run): one pytest-xdist worker
+# trains each model once.
+pytestmark = pytest.mark.xdist_group("trained")
+
 COLOUR_THRESHOLD = 0.35
 """Held-out reconstructions whose foreground colour is the true one: chance is 1/6 (six colours); measured
 0.59-0.69 over 32 clips in four sessions (the sample keys, so the split and the batches, follow the session's
@@ -79,45 +75,6 @@ def test_report_shows_loss_and_frames_and_vtok_report_summarizes(decoder_run, ca
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return [f"data={data}", f"output={out}", *DECODER_ARGS, *extra]
-
-
-def test_adapter_mode_sigkill_of_the_driver_then_rerun_resumes_and_leaves_the_transformer_unchanged(
-    ray_local, decoder_tokens: Path, tmp_path: Path
-) -> None:
-    """WAN2.2 adapter mode on a saved transformer (model.transformer_mode=frozen), the driver killed mid-run."""
-    from vtok.models.decoder_tiny import save_tiny_wan
-
-    wan = save_tiny_wan(tmp_path / "wan", seed=3)
-    out = tmp_path / "frozen"
-    steps = ["train.steps=8", "checkpoint.every_steps=2", f"model.transformer={wan}", "model.transformer_mode=frozen",
-             "samples.clips=0", "samples.check_clips=0"]
-    # The killed driver joins the session's Ray (no Ray of its own to start); its Ray Train actors die with it.
-    address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "jobs.cli", "train", "decoder", *_args(decoder_tokens, out, *steps),
-           f"ray.address={address}", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (out / "checkpoints" / "step_00000004" / "complete").exists():
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        time.sleep(0.2)
-    stop_process_tree(proc, tmp_path / "no-ray-of-its-own", signal.SIGKILL)
-    done = latest_complete(str(out)).step
-    assert 4 <= done < 8, done
-    # The same command again, in this process: it resumes at the next step and ends at train.steps.
-    cfg = load_train_decoder_config(_args(decoder_tokens, out, *steps))
-    assert run_train_decoder(cfg, progress=False)["resumed"]
-    assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 9))
-    final = out / "checkpoints" / "step_00000008"
-    assert latest_complete(str(out)).step == 8
-    # Adapter mode: every weight of the transformer is what the saved directory holds; the adapter trained.
-    before = load_file(str(wan / "diffusion_pytorch_model.safetensors"))
-    after = load_file(str(final / "decoder" / "diffusion_pytorch_model.safetensors"))
-    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
-    trained = load_file(str(final / "trainable.safetensors"))
-    assert trained and all(k.startswith("adapter.") for k in trained)
-    first = load_file(str(out / "checkpoints" / "step_00000004" / "trainable.safetensors")) if (
-        out / "checkpoints" / "step_00000004").exists() else None
-    assert first is None or not all(first[k].equal(trained[k]) for k in trained)
 
 
 # ---- bad input is refused before training starts, naming the key or URI

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,15 +12,16 @@ from safetensors.torch import load_file
 from jobs.cli import main
 from jobs.train import load_train_mllm_config, run_mllm
 from pipelines.train.metrics import read_metrics
-from pipelines.train.mllm import run_train_mllm
 from pipelines.train.run import RunMismatchError
 from tests.conftest import MLLM_STEPS as STEPS
 from tests.conftest import mllm_args as _args
-from tests.ray_nodes import stop_process_tree
 from vtok.errors import InputError
-from vtok.training.checkpoint import latest_complete, list_checkpoints
+from vtok.training.checkpoint import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[3]
+# The tests of the session's trained models (vtok_run, baseline_run, decoder_run): one pytest-xdist worker
+# trains each model once.
+pytestmark = pytest.mark.xdist_group("trained")
+
 def test_loss_falls_and_metrics_have_every_step(vtok_run) -> None:
     out, _ = vtok_run
     records = read_metrics(str(out))
@@ -87,81 +84,6 @@ def test_report_and_vtok_report(vtok_run, baseline_run, capsys: pytest.CaptureFi
     page = (out / "report.html").read_text()
     assert page.count("<polyline") >= 2 * 4  # loss, both task losses and throughput: two lines each
     assert json.loads((out / "report.json").read_text())["heldout"]["color"] > 0  # kept through the rewrite
-
-
-ONE = ["train.steps=16", "checkpoint.every_steps=4", "scaling.num_workers=1"]
-"""The resume tests' run: one worker, one seed, so an interrupted run must end with the very same weights."""
-
-
-@pytest.fixture(scope="module")
-def straight_run(ray_local, training_tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ONE uninterrupted, tracked in MLflow (SQLite); the weights every interrupted run must end with."""
-    out = tmp_path_factory.mktemp("mllm") / "straight"
-    db = out.parent / "mlflow.db"
-    run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE, f"tracking.mlflow_uri=sqlite:///{db}")),
-                   progress=False)
-    return out
-
-
-def _final_weights_equal(a: Path | str, b: Path | str) -> bool:
-    from vtok.training.checkpoint import load_checkpoint
-
-    x = load_checkpoint(f"{a}/checkpoints/step_00000016").tensors["trainable.safetensors"]
-    y = load_checkpoint(f"{b}/checkpoints/step_00000016").tensors["trainable.safetensors"]
-    return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
-
-
-def test_the_uninterrupted_run_is_tracked_in_mlflow(straight_run: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{straight_run.parent / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("vtok").experiment_id])
-    logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
-    assert logged == [(r["step"], pytest.approx(r["loss"])) for r in read_metrics(str(straight_run))]
-    assert [s for s, _ in logged] == list(range(1, 17)) and run.data.params["train.steps"] == "16"
-
-
-def test_sigkill_of_the_driver_then_rerun_resumes_to_the_weights_of_an_uninterrupted_run(
-    ray_local, training_tokens: Path, straight_run: Path, tmp_path: Path
-) -> None:
-    import tempfile
-
-    out = tmp_path / "killed"
-    ray_tmp = tempfile.mkdtemp(prefix="vtok-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    cmd = [sys.executable, "-m", "jobs.cli", "train", "mllm", *_args(training_tokens, out, *ONE),
-           f"ray.temp_dir={ray_tmp}", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (out / "checkpoints" / "step_00000008" / "complete").exists():
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        time.sleep(0.2)
-    stop_process_tree(proc, ray_tmp, signal.SIGKILL)
-    done = latest_complete(str(out)).step
-    assert 8 <= done < 16, done
-    # The same command again (in this process, on the test session's Ray, to save a Ray start-up).
-    assert run_train_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE)), progress=False)["resumed"]
-    assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 17))
-    assert latest_complete(str(out)).step == 16
-    assert _final_weights_equal(straight_run, out)
-
-
-def test_a_worker_fault_on_s3_recovers_to_the_weights_of_an_uninterrupted_run(
-    ray_local, training_tokens: Path, straight_run: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import fsspec
-
-    from pipelines.train.loop import FAULT_ENV
-
-    out = f"s3://{s3_bucket}/runs/mllm"
-    monkeypatch.setenv(FAULT_ENV, "7")  # rank 0 raises once before step 7; VTOK_* variables reach the workers
-    run_mllm(load_train_mllm_config(_args(training_tokens, out, *ONE, "checkpoint.keep_last=2")), progress=False)
-    fs = fsspec.filesystem("s3")
-    assert fs.exists(f"{s3_bucket}/runs/mllm/.fault-injected-7")
-    assert [c.step for c in list_checkpoints(out) if c.complete] == [12, 16]
-    assert [r["step"] for r in read_metrics(out)] == list(range(1, 17))  # steps 5-6 ran twice, logged once
-    assert fs.exists(f"{s3_bucket}/runs/mllm/report.html")
-    assert _final_weights_equal(straight_run, out)
 
 
 # ---- bad input is refused before training starts, naming the key or URI
