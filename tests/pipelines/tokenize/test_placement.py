@@ -60,12 +60,12 @@ def cluster() -> Iterator[LocalCluster]:
             head_dir), head_dir))
         out.address = f"http://127.0.0.1:{dashboard}"
         bootstrap = Path(head_dir) / "ray_current_cluster"
-        _wait_for("the head", lambda: bootstrap.is_file() and bootstrap.read_text().strip(), 60, out)
+        _wait_for("the head", lambda: bootstrap.is_file() and bootstrap.read_text().strip(), 180, out)
         worker_dir = tempfile.mkdtemp(prefix="vtok-gpu-", dir="/tmp")
         out.nodes.append((start_ray_node(
             [f"--address={bootstrap.read_text().strip()}", "--num-cpus=1", "--num-gpus=1"], worker_dir), worker_dir))
         _wait_for("two alive nodes", lambda: len(list_nodes(address=out.address, filters=[("state", "=", "ALIVE")]))
-                  == 2, 90, out)
+                  == 2, 180, out)
         yield out
     finally:
         for proc, temp_dir in reversed(out.nodes):

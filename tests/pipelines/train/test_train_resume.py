@@ -116,7 +116,7 @@ def test_adapter_mode_sigkill_of_the_driver_then_rerun_resumes_and_leaves_the_tr
 
     wan = save_tiny_wan(tmp_path / "wan", seed=3)
     out = tmp_path / "frozen"
-    steps = ["train.steps=8", "checkpoint.every_steps=2", f"model.transformer={wan}", "model.transformer_mode=frozen",
+    steps = ["train.steps=16", "checkpoint.every_steps=2", f"model.transformer={wan}", "model.transformer_mode=frozen",
              "samples.clips=0", "samples.check_clips=0"]
     # The killed driver joins the session's Ray (no Ray of its own to start); its Ray Train actors die with it.
     address = ray_local.get_runtime_context().gcs_address
@@ -129,13 +129,13 @@ def test_adapter_mode_sigkill_of_the_driver_then_rerun_resumes_and_leaves_the_tr
         time.sleep(0.2)
     stop_process_tree(proc, tmp_path / "no-ray-of-its-own", signal.SIGKILL)
     done = latest_complete(str(out)).step
-    assert 4 <= done < 8, done
+    assert 4 <= done < 16, done  # 12 steps to spare: a loaded machine may run a few before the kill lands
     # The same command again, in this process: it resumes at the next step and ends at train.steps.
     cfg = load_train_decoder_config(_decoder_args(decoder_tokens, out, *steps))
     assert run_train_decoder(cfg, progress=False)["resumed"]
-    assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 9))
-    final = out / "checkpoints" / "step_00000008"
-    assert latest_complete(str(out)).step == 8
+    assert [r["step"] for r in read_metrics(str(out))] == list(range(1, 17))
+    final = out / "checkpoints" / "step_00000016"
+    assert latest_complete(str(out)).step == 16
     # Adapter mode: every weight of the transformer is what the saved directory holds; the adapter trained.
     before = load_file(str(wan / "diffusion_pytorch_model.safetensors"))
     after = load_file(str(final / "decoder" / "diffusion_pytorch_model.safetensors"))
