@@ -116,11 +116,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.evaluate.report import format_eval_results
     from pipelines.tokenize.report import format_report, read_report
     from pipelines.train.report import TRAIN_REPORT_KIND, format_train_report
 
-    report = read_report(args.uri)
-    print("\n".join(format_train_report(report) if report.get("kind") == TRAIN_REPORT_KIND else format_report(report)))
+    # A run's latest evaluation (RUN/eval/results), after its training report, or alone when it has none.
+    evaluated = [] if args.uri.endswith((".json", ".parquet", ".tar")) else format_eval_results(args.uri)
+    try:
+        report = read_report(args.uri)
+    except FileNotFoundError:
+        if not evaluated:
+            raise
+        report = None
+    if report is not None:
+        print("\n".join(format_train_report(report) if report.get("kind") == TRAIN_REPORT_KIND
+                        else format_report(report)))
+    if evaluated:
+        print("\n".join(evaluated))
     return 0
 
 
@@ -189,6 +201,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if result["index"]:
         print(f"index              {result['index']}")
     return 0
+
+
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    _overrides(p, "eval")
+    p.add_argument("--config", help="YAML config file (default: the shipped eval.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jobs.eval import load_eval_config, run_eval_job
+
+    cfg = load_eval_config(args.overrides, args.config)
+    result = run_eval_job(cfg, progress=not args.no_progress)
+    print(f"checkpoint         {result['checkpoint']} ({result['seconds']:.1f} s)")
+    for metric, per_category in result["accuracy"].items():
+        print(f"{metric:<18} " + ", ".join(f"{c} {v[0]:.2f}" for c, v in per_category.items()))
+    for row in result["vbench"]:
+        print(f"vbench             {row['metric']} {row['value']:.4f}")
+    if result["compare"]:
+        print(f"compare            {result['compare']['checkpoint']}: understanding " + ", ".join(
+            f"{c} {v[0]:.2f}" for c, v in result["compare"]["accuracy"].items())
+              + (" (its results of the same clips)" if result["compare"]["reused"] else ""))
+    for suite, uri in result["results"].items():
+        print(f"results {suite:<10} {uri}")
+    print(f"report             {result['report']} (summary: vtok report {result['run']})")
+    return 0
+
+
+def _load_eval(overrides: list[str], config_file: str | None) -> object:
+    from jobs.eval import load_eval_config
+
+    return load_eval_config(overrides, config_file)
+
+
+def _eval_schema() -> type:
+    from jobs.eval import EvalJobConfig
+
+    return EvalJobConfig
 
 
 def cmd_train_mllm(args: argparse.Namespace) -> int:
@@ -378,3 +428,6 @@ register(Command("decode", "stored tokens -> one mp4 per clip through a trained 
 register(Command("generate", "text -> MLLM visual tokens -> decoder -> mp4: vtok generate mllm=CKPT decoder=CKPT "
                  "prompt=\"...\" out=FILE.mp4 [--tokens-out PATH]", generate_arguments, cmd_generate,
                  submittable=False, config_schema=_generate_schema()))
+register(Command("eval", "evaluate an MLLM checkpoint on held-out clips: vtok eval checkpoint=RUN data=URI "
+                 "[suites=[tv_align,vbench] decoder=RUN compare=RUN]", eval_arguments, cmd_eval,
+                 load_config=_load_eval, config_schema=_eval_schema()))

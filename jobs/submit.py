@@ -128,7 +128,7 @@ def validate_job_args(job: str, args: list[str], working_dir: Path) -> list[str]
     if command.load_config is None or overrides is None:
         return args
     cfg = command.load_config(list(overrides), config_file)
-    for key in ("input", "output", "data"):
+    for key in ("input", "output", "data", "checkpoint", "decoder", "compare"):
         value = getattr(cfg, key, None)
         if isinstance(value, str) and "://" not in value and not value.startswith("/"):
             raise ConfigError(

@@ -154,6 +154,31 @@ DECODER_SIDE = 16
 """Side of training_tokens' frames_lowres: the decoder's frames in its tests."""
 
 
+HELDOUT_CLIPS = 24
+"""Clips of heldout_tokens, the evaluation's held-out shapes world."""
+
+
+@pytest.fixture(scope="session")
+def heldout_tokens(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A held-out shapes world for the evaluation: HELDOUT_CLIPS single-object clips of another seed, tokenized
+    exactly as training_tokens (same ShapesConfig, decode, frames_lowres side), so no sample key is shared."""
+    from pipelines.tokenize.clips import SourceConfig
+    from pipelines.tokenize.pipeline import TokenizeConfig, run_tokenize
+    from pipelines.tokenize.sink import SinkConfig
+    from pipelines.tokenize.targets import TargetsConfig
+    from vtok.shapes import ShapesConfig, write_corpus
+    from vtok.video import DecodeConfig
+
+    root = tmp_path_factory.mktemp("heldout")
+    cfg = ShapesConfig(width=64, height=64, num_frames=8, fps=8.0, min_objects=1, max_objects=1)
+    manifest = write_corpus(str(root / "corpus"), HELDOUT_CLIPS, seed=1021, cfg=cfg)
+    out = root / "tokens"
+    run_tokenize(TokenizeConfig(input=manifest, output=str(out), decode=DecodeConfig(fps=8.0, max_frames=8),
+                                source=SourceConfig(), sink=SinkConfig(rows_per_shard=32),
+                                targets=TargetsConfig(lowres_side=DECODER_SIDE)), progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def decoder_tokens(training_tokens: Path) -> Path:
     """Token shards with the decoder's pixel target: training_tokens' 160 single-object clips, 8 frames each,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -138,6 +139,23 @@ def test_submission_is_validated_and_pointed_at_the_cluster(tmp_path: Path) -> N
     assert sub.metadata["vtok_job"] == "tokenize"
     # Arguments of jobs without a config pass through, checked by their own parser.
     assert prepare_submission("synth", [str(tmp_path), "--num-videos", "2"]).args == [str(tmp_path), "--num-videos", "2"]
+
+
+def test_an_eval_submission_is_checked_here_and_pointed_at_the_cluster(tmp_path: Path) -> None:
+    from jobs.config import ConfigError
+
+    args = [f"checkpoint={tmp_path}/runs/vtok", f"data={tmp_path}/heldout", "suites=[tv_align,vbench]",
+            f"decoder={tmp_path}/runs/decoder", "--no-progress"]
+    sub = prepare_submission("eval", args)
+    assert sub.args == ["ray.address=auto", *args] and sub.metadata["vtok_job"] == "eval"
+    assert sub.entrypoint.startswith("python -m jobs.cli eval ray.address=auto checkpoint=")
+    assert "'suites=[tv_align,vbench]'" in sub.entrypoint  # quoted for the job's shell
+    for bad, message in [(["checkpoint=runs/vtok", f"data={tmp_path}/heldout"],
+                          "config key 'checkpoint': 'runs/vtok' is a relative path"),
+                         ([*args[:2], "suites=[tv_align,vbnech]"], "suites: unknown suite 'vbnech'"),
+                         ([*args[:2], "suites=[vbench]"], "decoder: not set; vbench needs videos")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            prepare_submission("eval", bad)
 
 
 @pytest.mark.parametrize(
