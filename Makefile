@@ -42,6 +42,7 @@ bench: venv
 	$(PY) -m bench.memory
 	$(PY) -m bench.s3
 	$(PY) -m bench.train
+	$(PY) -m bench.decoder
 	$(PY) -m bench.judge
 	$(PY) -m bench.gpu_encoder $(if $(shell command -v nvidia-smi),,--device cpu --quick)
 
