@@ -44,6 +44,7 @@ bench: venv
 	$(PY) -m bench.train
 	$(PY) -m bench.decoder
 	$(PY) -m bench.judge
+	$(PY) -m bench.fidelity
 	$(PY) -m bench.gpu_encoder $(if $(shell command -v nvidia-smi),,--device cpu --quick)
 
 lock: venv
