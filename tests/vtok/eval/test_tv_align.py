@@ -42,13 +42,8 @@ STEPS, BATCH, LR = 100, 16, 2e-3
 """The size-only training run: held-out size accuracy 1.00 measured (0.475 untrained)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny matrices: one intra-op thread is faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: one intra-op thread is faster than two on a busy 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _row(video: ShapesVideo, tokens: Any) -> dict[str, Any]:

@@ -29,13 +29,8 @@ COLOURS = torch.tensor([[220, 30, 30], [30, 200, 40], [40, 60, 220], [230, 220, 
 """Solid colours of the overfitting clips."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny matrices: one intra-op thread is faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: one intra-op thread is faster than two on a busy 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,8 @@ STEPS, BATCH, LR = 300, 16, 2e-3
 """The short training run behind the accuracy and loss tests."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny matrices: one intra-op thread is 4x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: one intra-op thread is faster than two on a busy 2-core machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(
