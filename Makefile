@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build on a CPU box.
 TORCH_VERSION ?= 2.13.0
 # Two pytest-xdist workers, each with its own local Ray and S3 server: most of a test's time is Ray start-up
-# and waiting, not CPU. Tests of one trained model share a group (xdist_group), so each model trains once.
+# and waiting, not CPU. Tests of one trained model share a group (xdist_group, scheduled by tests/xdist_groups.py),
+# so each model trains once.
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test lint bench venv clean lock

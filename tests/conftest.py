@@ -61,6 +61,16 @@ for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
     os.environ.pop(_var, None)
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup` by each module's xdist_group mark (tests/xdist_groups.py: xdist's own is a no-op on
+    pytest 9)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.xdist_groups import ModuleGroupScheduling
+
+    return ModuleGroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 protocol server (moto) on loopback for the whole session."""
