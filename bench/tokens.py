@@ -1,6 +1,8 @@
 """Tokens and stored bytes per clip: VTok (S + R) vs frame sampling (T x S) at T = 16, 32, 64.
 
-    .venv/bin/python -m bench.tokens [--quick]
+    .venv/bin/python -m bench.tokens [--quick] [--residual-grid R]
+
+`--residual-grid r` (tokenizer.residual_grid) pools each residual step to an r x r grid: S + r*r*R tokens.
 
 Two views, reported side by side:
   - analytic, for the paper's encoder (CLIP ViT-L/14-336: D = 1024) with the tokenizer's shapes
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import log, parser, table, write_results
-from schemas.tokens import frame_sampling_tokens, num_residuals, vtok_tokens
+from schemas.tokens import frame_sampling_tokens, num_residuals, vtok_formula, vtok_tokens
 
 T_VALUES = (16, 32, 64)
 CLIP_L_336 = {"name": "CLIP ViT-L/14-336", "hidden": 1024}
@@ -45,15 +47,16 @@ def analytic_targets(t: int, side: int = LOWRES_SIDE, vae: dict[str, Any] = WAN_
             "latents_shape": latent, "latents_bytes": int(np.prod(latent)) * 4, "vae_frames": frames}
 
 
-def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024) -> dict[str, Any]:
-    """Token counts and raw bytes of one clip of t sampled frames."""
+def analytic(t: int, grid: int = 4, stride: int = 1, dim: int = 1024, residual_grid: int = 1) -> dict[str, Any]:
+    """Token counts and raw bytes of one clip of t sampled frames ("R": residual steps, r*r tokens each)."""
     s = grid * grid
     r = num_residuals(t, stride)
-    vtok, frames = vtok_tokens(t, grid, stride), frame_sampling_tokens(t, grid)
+    vtok, frames = vtok_tokens(t, grid, stride, residual_grid), frame_sampling_tokens(t, grid)
     return {
         "T": t,
         "S": s,
         "R": r,
+        "residual_grid": residual_grid,
         "vtok_tokens": vtok,
         "frame_sampling_tokens": frames,
         "token_ratio": frames / vtok,
@@ -175,6 +178,8 @@ def _stored_bytes(table_: Any, options: dict[str, Any]) -> tuple[dict[str, int],
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=None, help="clips measured per T (default 32; 4 with --quick)")
+    p.add_argument("--residual-grid", type=int, default=1,
+                   help="tokenizer.residual_grid r: r*r residual tokens per step (default 1)")
     args = p.parse_args()
     num_clips = args.clips or (4 if args.quick else 32)
 
@@ -187,7 +192,11 @@ def main() -> None:
     manifest = make_corpus(num_clips, 128, 128, max(T_VALUES), 8.0)
     root = manifest.rsplit("/", 1)[0]
     uris = [f"{root}/videos/shapes_{i:06d}.mp4" for i in range(num_clips)]
-    tokenizer = VTokTokenizer(TokenizerConfig(device="cpu"))
+    tokenizer = VTokTokenizer(TokenizerConfig(device="cpu", residual_grid=args.residual_grid))
+    cells = args.residual_grid * args.residual_grid
+
+    def residual_text(steps: int) -> str:
+        return str(steps) if cells == 1 else f"{cells}*{steps}"
     vae = VideoVAE(read_vae_spec(str(ensure_tiny_wan_vae())), "cpu")
     cfg = dataclasses.asdict(tokenizer.cfg)
 
@@ -195,7 +204,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for t in T_VALUES:
         log(f"T = {t}: tokenizing {num_clips} clips")
-        a = analytic(t, tokenizer.cfg.grid, tokenizer.cfg.residual_stride, CLIP_L_336["hidden"])
+        a = analytic(t, tokenizer.cfg.grid, tokenizer.cfg.residual_stride, CLIP_L_336["hidden"], args.residual_grid)
         m = measured(t, uris, tokenizer, vae)
         assert m["vtok_tokens"] == a["vtok_tokens"] and m["frame_sampling_tokens"] == a["frame_sampling_tokens"]
         projected = {
@@ -205,13 +214,13 @@ def main() -> None:
         results.append({"T": t, "analytic_clip_l_336": a, "measured_tiny": m, "projected_clip_l_336": projected,
                         "analytic_targets": analytic_targets(t)})
         rows.append([
-            t, f"{a['vtok_tokens']} = {a['S']} + {a['R']}", a["frame_sampling_tokens"], a["token_ratio"],
+            t, f"{a['vtok_tokens']} = {a['S']} + {residual_text(a['R'])}", a["frame_sampling_tokens"], a["token_ratio"],
             a["vtok_bytes_fp32"] / 1024, a["frame_sampling_bytes_fp32"] / 1024,
             m["vtok_stored_bytes"] / 1024, m["frame_sampling_stored_bytes"] / 1024, m["stored_ratio"],
             projected["vtok_bytes"] / 1024, projected["frame_sampling_bytes"] / 1024,
         ])
     headers = [
-        "T", "VTok tokens S+R", "T x S tokens", "token ratio",
+        "T", f"VTok tokens {vtok_formula(args.residual_grid)}", "T x S tokens", "token ratio",
         "VTok KiB (D=1024 fp32)", "T x S KiB (D=1024 fp32)",
         "VTok KiB stored (tiny D=64)", "T x S KiB stored (tiny D=64)", "stored ratio (tiny)",
         "VTok KiB proj. (D=1024)", "T x S KiB proj. (D=1024)",
@@ -240,7 +249,7 @@ def main() -> None:
     print("\nParquet writer options (tiny D=64, real tokens):")
     print(table(["T", "writer", "VTok KiB/clip", "T x S KiB/clip", "stored ratio", "VTok stored / raw fp32"], vrows))
     out = write_results(
-        "tokens",
+        "tokens" if cells == 1 else f"tokens_r{args.residual_grid}",
         {"params": {"clips": num_clips, "quick": args.quick, "tokenizer": cfg, "analytic_model": CLIP_L_336,
                     "lowres_side": LOWRES_SIDE, "analytic_vae": WAN_VAE},
          "results": results},

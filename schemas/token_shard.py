@@ -3,6 +3,11 @@
 Tensors are stored as nested `list<...<float32>>` rather than an Arrow extension type or raw
 bytes, so pyarrow, pandas, DuckDB and Hugging Face `datasets` all recover them exactly with no
 vtok code: `np.stack(row["key_tokens"])` is the [S, D] array. No torch, no ray here.
+
+residual_features (and residual_tokens) hold r*r rows per residual step, r = the tokenizer config's
+"residual_grid" in the file metadata (vtok.tokenizer_config) and in the manifest's "tokenizer" (absent:
+r = 1, one row per step). The rows are step-major with each step's r x r cells row-major, so
+`np.stack(row["residual_features"]).reshape(R, r, r, D)` is the grid of every step (schemas.tokens).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.targets import TARGET_DTYPES, target_problems
-from schemas.tokens import num_residuals
+from schemas.tokens import num_residual_tokens, num_residuals, residual_grid_of, residual_rows_text
 
 SCHEMA_VERSION = "1"
 
@@ -54,11 +59,11 @@ REQUIRED_FIELDS: tuple[pa.Field, ...] = (
     pa.field("height", pa.int32(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("key_tokens", tensor_type(2), nullable=False),  # [S, D]
-    pa.field("residual_features", tensor_type(2), nullable=False),  # [R, D]
+    pa.field("residual_features", tensor_type(2), nullable=False),  # [R * r*r, D], r = residual_grid
 )
 
 OPTIONAL_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("residual_tokens", tensor_type(2)),  # [R, D'] from a trained g_phi
+    pa.field("residual_tokens", tensor_type(2)),  # [R * r*r, D'] from a trained g_phi
     pa.field("frame_tokens", tensor_type(3)),  # [T, S, D] the frame-sampling baseline
     pa.field("attributes", pa.string()),  # JSON: the shapes world's ground truth, where known
     pa.field("latents", tensor_type(4)),  # [C, T', H', W'] decoder target from a video VAE
@@ -231,6 +236,7 @@ def validate_table(
 
     grid = tokenizer_config.get("grid")
     stride = tokenizer_config.get("residual_stride")
+    r_grid = residual_grid_of(tokenizer_config)
     frame_counts = [len(x) for x in table.column("frame_indices").to_pylist()]
     key = column_to_tensors(table.column("key_tokens"), 2)
     residual = column_to_tensors(table.column("residual_features"), 2)
@@ -245,10 +251,10 @@ def validate_table(
             problems.append(f"{sample}: key_tokens has {key[i].shape[0]} tokens, expected S={grid * grid}")
         if stride:
             expected_r = num_residuals(frame_counts[i], stride)
-            if residual[i].shape[0] != expected_r:
+            if residual[i].shape[0] != num_residual_tokens(frame_counts[i], stride, r_grid):
                 problems.append(
-                    f"{sample}: residual_features has {residual[i].shape[0]} rows, expected R={expected_r} "
-                    f"for T={frame_counts[i]} and stride {stride}"
+                    f"{sample}: residual_features has {residual[i].shape[0]} rows, expected "
+                    f"{residual_rows_text(expected_r, r_grid)} for T={frame_counts[i]} and stride {stride}"
                 )
         if frames is not None and frames[i] is not None and frames[i].shape[0] != frame_counts[i]:
             problems.append(f"{sample}: frame_tokens has T={frames[i].shape[0]}, frame_indices has {frame_counts[i]}")

@@ -2,11 +2,15 @@
 
     KEY.json                 every scalar column of schema v1 plus frame_indices, schema version, fingerprint
     KEY.key.npy              key_tokens [S, D] float32
-    KEY.residual.npy         residual_features [R, D] float32
-    KEY.residual_tokens.npy  residual_tokens [R, D'] (optional)
+    KEY.residual.npy         residual_features [R * r*r, D] float32 (r = residual_grid, below)
+    KEY.residual_tokens.npy  residual_tokens [R * r*r, D'] (optional)
     KEY.frame_tokens.npy     frame_tokens [T, S, D] (optional)
     KEY.latents.npy          latents [C, T', H', W'] (optional)
     KEY.frames_lowres.npy    frames_lowres [T, h, w, 3] uint8 (optional)
+
+With tokenizer.residual_grid = r > 1 a residual step has r*r rows, step-major, its r x r cells row-major
+(`np.load(...).reshape(R, r, r, D)`); r is the "residual_grid" of the manifest's "tokenizer" (manifest.json
+beside the shards; absent: r = 1, [R, D] as before). The .npy files themselves are unchanged in kind.
 
 Keys are vtok sample keys (hex and underscores, no dots), so WebDataset's split at the first dot is
 exact. Members are written in sorted order with zeroed owner and mtime: same tokens, same bytes.
@@ -25,6 +29,7 @@ import pyarrow as pa
 from schemas.npy import from_npy, to_npy
 from schemas.targets import target_problems
 from schemas.token_shard import OPTIONAL_FIELDS, REQUIRED_FIELDS, TENSOR_NDIM, tensors_to_arrow, token_schema
+from schemas.tokens import num_residual_tokens, num_residuals, residual_rows_text
 
 TENSOR_SUFFIXES = {
     "key_tokens": "key.npy",
@@ -126,10 +131,10 @@ IDENTITY_FIELD = "dataset_identity_sha256"
 
 def validate_samples(
     samples: list[dict[str, Any]], grid: int | None, stride: int | None, identity_sha256: str | None = None,
-    expected_targets: dict[str, list[int]] | None = None,
+    expected_targets: dict[str, list[int]] | None = None, residual_grid: int = 1,
 ) -> list[str]:
     """Schema problems of decoded samples, as sentences; `identity_sha256`: the digest every sample must carry,
-    `expected_targets`: the manifest's "targets" (schemas.targets)."""
+    `expected_targets`: the manifest's "targets" (schemas.targets), `residual_grid`: r (r*r rows per step)."""
     problems: list[str] = []
     if identity_sha256 is not None:
         other = sorted({str(s.get(IDENTITY_FIELD)) for s in samples} - {identity_sha256})
@@ -145,9 +150,10 @@ def validate_samples(
         if grid is not None and s["key_tokens"].shape[0] != grid * grid:
             problems.append(f"{key}: key_tokens has {s['key_tokens'].shape[0]} tokens, expected S={grid * grid}")
         if stride:
-            expected = len(range(stride, len(s["frame_indices"]), stride))
-            if s["residual_features"].shape[0] != expected:
-                problems.append(f"{key}: residual_features has {s['residual_features'].shape[0]} rows, expected R={expected}")
+            steps = num_residuals(len(s["frame_indices"]), stride)
+            if s["residual_features"].shape[0] != num_residual_tokens(len(s["frame_indices"]), stride, residual_grid):
+                problems.append(f"{key}: residual_features has {s['residual_features'].shape[0]} rows, expected "
+                                f"{residual_rows_text(steps, residual_grid)}")
         problems += target_problems(key, len(s["frame_indices"]), s, expected_targets)
     keys = [s["sample_key"] for s in samples]
     if len(set(keys)) != len(keys):

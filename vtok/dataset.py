@@ -89,6 +89,11 @@ def describe(uri: str, storage_options: dict[str, Any] | None = None) -> dict[st
         frames = Counter(len(s["frame_indices"]) for s in samples)
         tokenizer = {"grid": int(round(len(first.get("key_tokens", [])) ** 0.5)),
                      "hidden_size": first["key_tokens"].shape[1] if samples else None}
+        # A lone tar records no tokenizer config: read r off its rows, as inspect reads the stride (1).
+        steps = len(first.get("frame_indices", [])) - 1
+        cells = len(first.get("residual_features", [])) // steps if steps > 0 else 1
+        if cells > 1 and int(round(cells**0.5)) ** 2 == cells:
+            tokenizer["residual_grid"] = int(round(cells**0.5))
         return {"format": "webdataset", "schema_version": first.get("schema_version", ""),
                 "fingerprint": first.get("tokenizer_fingerprint", ""), "tokenizer": tokenizer, "rows": len(samples),
                 "frame_counts": {str(t): n for t, n in frames.items()}, "shards": 1, "targets": _targets_of(first)}
@@ -220,6 +225,7 @@ def _webdataset_shards_to_table(batch: pa.Table, storage_options: dict[str, Any]
 def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Check every shard against the schema and the manifest. Returns (problems, counts)."""
     from schemas.token_shard import SCHEMA_VERSION, identity_digest, validate_table
+    from schemas.tokens import residual_grid_of
     from schemas.webdataset import iter_tar, validate_samples
 
     problems: list[str] = []
@@ -270,7 +276,8 @@ def validate_dataset(uri: str, storage_options: dict[str, Any] | None = None) ->
             samples = list(iter_tar(io.BytesIO(data)))
             rows = len(samples)
             shard_problems = validate_samples(samples, grid, stride,
-                                              identity_digest(identity) if identity is not None else None, targets)
+                                              identity_digest(identity) if identity is not None else None, targets,
+                                              residual_grid_of(manifest.get("tokenizer")))
             prints = {s.get("tokenizer_fingerprint") for s in samples}
             if prints - {fingerprint}:
                 shard_problems.append(f"tokenizer fingerprint(s) {sorted(p[:12] for p in prints if p)} differ "

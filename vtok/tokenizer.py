@@ -7,6 +7,10 @@ For a clip of T sampled frames x_1..x_T and a frozen vision tower F with a p x p
     residual_tokens   = g_phi(residual_features)                         [R, D'] (when g_phi is given)
     frame_tokens      = adaptive_avg_pool(F(x_t), g x g) for every t     [T, S, D] (the baseline)
 
+With tokenizer.residual_grid = r > 1 each step keeps the layout of its change: the difference of the two
+frames' r x r pooled grids, adaptive_avg_pool(F(x_t), r x r) - adaptive_avg_pool(F(x_1), r x r), stored
+as [R * r*r, D] (step-major, cells row-major: schemas.tokens), and g_phi maps each of those rows.
+
 Nothing here knows about Ray: the pipeline's encode stage wraps `VTokTokenizer`.
 """
 
@@ -30,8 +34,8 @@ class ClipTokens:
     """The tokens of one clip, float32 numpy arrays."""
 
     key_tokens: np.ndarray  # [S, D]
-    residual_features: np.ndarray  # [R, D]
-    residual_tokens: np.ndarray | None  # [R, D'] when g_phi is loaded
+    residual_features: np.ndarray  # [R * r*r, D] (r = cfg.residual_grid; [R, D] at r = 1)
+    residual_tokens: np.ndarray | None  # [R * r*r, D'] when g_phi is loaded
     frame_tokens: np.ndarray | None  # [T, S, D] when cfg.frame_tokens
 
 
@@ -143,7 +147,9 @@ class VTokTokenizer:
 
     @torch.inference_mode()
     def _features(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [N, H, W, 3] at image_size -> (grid tokens [N, S, D], mean tokens [N, D]) in fp32."""
+        """uint8 [N, H, W, 3] at image_size -> (grid tokens [N, S, D], residual-pooled tokens [N, r*r, D]) in fp32.
+
+        At r = 1 the residual pooling is the plain patch mean, computed as it always was (same bits)."""
         n = frames.shape[0]
         assert frames.shape[1:] == (self.image_size, self.image_size, 3), (
             f"frames must be {self.image_size}x{self.image_size} RGB, got {frames.shape[1:]}"
@@ -165,7 +171,10 @@ class VTokTokenizer:
                 hidden = self.model(pixel_values=x, output_hidden_states=True).hidden_states[self.cfg.feature_layer]
             patches = hidden[:, -self.grid_side * self.grid_side :, :].float()  # [mb, P, D], CLS dropped
             grids.append(pool_grid(patches[:real], self.cfg.grid))
-            means.append(patches[:real].mean(dim=1))
+            if self.cfg.residual_grid == 1:
+                means.append(patches[:real].mean(dim=1, keepdim=True))
+            else:
+                means.append(pool_grid(patches[:real], self.cfg.residual_grid))
         return torch.cat(grids), torch.cat(means)
 
     @torch.inference_mode()
@@ -190,7 +199,7 @@ class VTokTokenizer:
             offset += k
             row = {pos: i for i, pos in enumerate(used)}
             res_rows = [row[p] for p in residual_positions(clip.shape[0], self.cfg.residual_stride)]
-            residual = mean_c[res_rows] - mean_c[0:1]  # [R, D]
+            residual = (mean_c[res_rows] - mean_c[0:1]).flatten(0, 1)  # [R, r*r, D] -> [R * r*r, D]
             residual_tokens = None
             if self.g_phi is not None:
                 residual_tokens = self.g_phi(residual).cpu().numpy() if len(res_rows) else np.zeros(

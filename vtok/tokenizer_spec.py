@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.tokens import RESIDUAL_GRID_KEY
 from vtok.storage import is_local, localize_dir, strip_file_scheme
 from vtok.vision_models import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ensure_tiny_clip
 
@@ -35,7 +36,9 @@ class TokenizerConfig:
     grid: int = 4
     """Side g of the pooled key-frame grid: S = g * g key tokens."""
     residual_stride: int = 1
-    """One residual token per this many sampled frames after the key frame."""
+    """One residual step per this many sampled frames after the key frame."""
+    residual_grid: int = 1
+    """Side r of each residual step's pooled grid: r*r residual tokens per step (1 = one pooled residual)."""
     feature_layer: int = -1
     """Hidden layer whose patch tokens are used (-1 = last; CLIP MLLMs often use -2)."""
     g_phi: str | None = None
@@ -56,6 +59,8 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.grid must be >= 1, got {self.grid}")
         if self.residual_stride < 1:
             raise ValueError(f"tokenizer.residual_stride must be >= 1, got {self.residual_stride}")
+        if self.residual_grid < 1:
+            raise ValueError(f"tokenizer.residual_grid must be >= 1, got {self.residual_grid}")
         if self.micro_batch < 1:
             raise ValueError(f"tokenizer.micro_batch must be >= 1, got {self.micro_batch}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -167,6 +172,9 @@ class TokenizerSpec:
         grid_side = encoder.image_size // encoder.patch_size
         if cfg.grid > grid_side:
             raise ValueError(f"tokenizer.grid {cfg.grid} exceeds the encoder's {grid_side}x{grid_side} patches")
+        if cfg.residual_grid > grid_side:
+            raise ValueError(f"tokenizer.residual_grid {cfg.residual_grid} exceeds the encoder's "
+                             f"{grid_side}x{grid_side} patches: each of the r x r cells needs a patch")
         g_phi_file = localize_file(cfg.g_phi, cfg.storage_options) if cfg.g_phi else None
         return cls(cfg=cfg, encoder=encoder, compute_dtype=compute_dtype, g_phi_file=g_phi_file)
 
@@ -179,9 +187,12 @@ class TokenizerSpec:
         return self.cfg.grid * self.cfg.grid
 
     def describe(self) -> dict[str, Any]:
-        """The config that determines the tokens, as stored in every shard's metadata."""
+        """The config that determines the tokens, as stored in every shard's metadata.
+
+        residual_grid appears only when it is not 1, so datasets made before it existed keep their fingerprint.
+        """
         e = self.encoder
-        return {
+        described = {
             "model_type": e.model_type,
             "model_config": e.model_config,
             "image_size": e.image_size,
@@ -196,6 +207,9 @@ class TokenizerSpec:
             "std": list(e.std),
             "g_phi": None if self.g_phi_file is None else g_phi_shape(self.g_phi_file),
         }
+        if self.cfg.residual_grid != 1:
+            described[RESIDUAL_GRID_KEY] = self.cfg.residual_grid
+        return described
 
     def fingerprint(self) -> str:
         """sha256 of describe() and of the bytes of every weight file (encoder, then g_phi).

@@ -111,6 +111,11 @@ def check_pair(mllm: dict[str, Any], decoder: DecoderConfig, mllm_uri: str, deco
     if decoder.num_key is not None and int(mllm.get("num_key", -1)) != decoder.num_key:
         raise InputError(f"mllm={mllm_uri} generates S={mllm.get('num_key')} key tokens, decoder={decoder_uri}'s "
                          f"adapter reads S={decoder.num_key}")
+    mllm_grid = int(mllm.get("residual_grid", 1))  # config.json records a residual grid only when r > 1
+    if decoder.tokens == "vtok" and mllm_grid != (decoder.residual_grid or 1):
+        raise InputError(f"mllm={mllm_uri} generates residuals on a {mllm_grid}x{mllm_grid} grid "
+                         f"(tokenizer.residual_grid={mllm_grid}), decoder={decoder_uri} reads "
+                         f"model.residual_grid={decoder.residual_grid or 1}")
 
 
 class TextToVideo:

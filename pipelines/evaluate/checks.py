@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.checkpoint import CONFIG, DATA, parse_step
-from schemas.tokens import frame_sampling_tokens, num_key_tokens, vtok_tokens
+from schemas.tokens import frame_sampling_tokens, num_key_tokens, residual_grid_of, vtok_tokens
 from vtok.errors import InputError
 from vtok.storage import join, parent, read_json
 
@@ -160,13 +160,14 @@ def check_decoder_pair(ckpt: MLLMCheckpoint, decoder_given: str, decoder_cfg: An
 
 
 def token_budget(ckpt: MLLMCheckpoint, manifest: dict[str, Any]) -> int | None:
-    """Visual tokens per clip the MLLM sees on this data: S + R (vtok) or K x S (frame sampling, K = model.frames
-    or T); None when the clips' frame counts make it differ from clip to clip."""
+    """Visual tokens per clip the MLLM sees on this data: S + r*r*R (vtok; r = tokenizer.residual_grid, 1 by
+    default) or K x S (frame sampling, K = model.frames or T); None when the clips' frame counts make it differ
+    from clip to clip."""
     tokenizer = manifest.get("tokenizer", {})
     grid, stride = int(tokenizer.get("grid") or 0), int(tokenizer.get("residual_stride") or 1)
     counts = [int(t) for t in manifest.get("frame_counts", {})]
     if ckpt.tokens == "vtok":
-        budgets = {vtok_tokens(t, grid, stride) for t in counts}
+        budgets = {vtok_tokens(t, grid, stride, residual_grid_of(tokenizer)) for t in counts}
     elif ckpt.frames:
         budgets = {min(ckpt.frames, t) * num_key_tokens(grid) for t in counts}
     else:

@@ -33,6 +33,7 @@ from schemas.layout import (
     is_shard_file,
     shard_name,
 )
+from schemas.token_shard import identity_differences
 from vtok.errors import InputError
 from vtok.storage import (
     get_fs,
@@ -115,9 +116,14 @@ def bind_run(output: str, run: dict[str, Any], storage_options: dict[str, Any] |
         return
     for key in ("schema_version", "fingerprint", "format"):
         if existing.get(key) != run.get(key):
+            # Name the tokenizer settings behind another fingerprint (e.g. tokenizer.residual_grid), where any.
+            settings = "; ".join(f"tokenizer.{d}" if len(d) <= 80 else f"tokenizer.{d.split(':')[0]} differs"
+                                 for d in identity_differences(existing.get("tokenizer") or {},
+                                                               run.get("tokenizer") or {})) if key == "fingerprint" else ""
             raise DatasetMismatchError(
                 f"output {output} already holds a dataset with {key}={existing.get(key)!r}, but this run "
-                f"has {key}={run.get(key)!r}; mixing them in one dataset is refused. {_REFUSE_HINT}"
+                f"has {key}={run.get(key)!r}{f' ({settings})' if settings else ''}; mixing them in one dataset "
+                f"is refused. {_REFUSE_HINT}"
             )
     if "identity" not in existing:
         raise DatasetMismatchError(

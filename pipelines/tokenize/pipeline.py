@@ -119,6 +119,7 @@ class TokenizeSummary:
     shards_skipped: int
     key_tokens_per_clip: int
     mean_residual_tokens_per_clip: float
+    """r*r*R averaged over clips: the residual tokens (rows of residual_features), not the steps."""
     mean_frame_tokens_per_clip: float
     wall_time_s: float
     videos_per_s: float
@@ -127,10 +128,15 @@ class TokenizeSummary:
     skipped_examples: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     stats: RunStats = field(repr=False, default_factory=RunStats)
+    residual_grid: int = 1
+    """r (tokenizer.residual_grid): r*r residual tokens per residual step."""
 
     def lines(self) -> list[str]:
         vt = self.key_tokens_per_clip + self.mean_residual_tokens_per_clip
-        tokens = (f"VTok S+R = {self.key_tokens_per_clip} + {self.mean_residual_tokens_per_clip:.1f} = {vt:.1f}; "
+        cells = self.residual_grid * self.residual_grid
+        residual = (f"S+R = {self.key_tokens_per_clip} + {self.mean_residual_tokens_per_clip:.1f}" if cells == 1 else
+                    f"S+r*r*R = {self.key_tokens_per_clip} + {cells}*{self.mean_residual_tokens_per_clip / cells:.1f}")
+        tokens = (f"VTok {residual} = {vt:.1f}; "
                   f"frame sampling T*S = {self.mean_frame_tokens_per_clip:.1f}") if self.clips_out else "no clips"
         lines = [
             f"output             {self.output}",
@@ -332,7 +338,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         shards_written=written,
         shards_skipped=len(shards) - len(todo),
         key_tokens_per_clip=grid,
-        mean_residual_tokens_per_clip=residual_mean,
+        mean_residual_tokens_per_clip=residual_mean * actor_cfg.residual_grid ** 2,
         mean_frame_tokens_per_clip=frame_mean * grid,
         wall_time_s=wall,
         videos_per_s=len(rows) / wall if wall > 0 else 0.0,
@@ -340,6 +346,7 @@ def run_tokenize(cfg: TokenizeConfig, progress: bool = True) -> TokenizeSummary:
         skipped_examples=listing.skipped_examples,
         manifest=manifest,
         stats=stats,
+        residual_grid=actor_cfg.residual_grid,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from pipelines.report_html import environment, fmt_bytes, fmt_s, png_data_uri
 from pipelines.tokenize.report_page import render_html, sizing_advice
 from schemas.layout import REPORT_FILE, REPORT_HTML
-from schemas.tokens import num_residuals
+from schemas.tokens import num_residual_tokens, residual_grid_of, vtok_formula
 from vtok.secrets import mask_text, redact
 from vtok.storage import get_fs, join, read_json, write_bytes_atomic, write_json
 
@@ -101,8 +101,9 @@ def build_report(
     manifest = summary.manifest
     grid_tokens = int(summary.key_tokens_per_clip)
     stride = int(manifest.get("tokenizer", {}).get("residual_stride", 1))
+    residual_grid = residual_grid_of(manifest.get("tokenizer"))
     frames = [int(t) for t in stats.frames_per_clip]
-    vtok_per_clip = [grid_tokens + num_residuals(t, stride) for t in frames]
+    vtok_per_clip = [grid_tokens + num_residual_tokens(t, stride, residual_grid) for t in frames]
     fs_per_clip = [grid_tokens * t for t in frames]
     clips_this_run = len(stats.decode_s)
     encoded = len(frames)
@@ -145,6 +146,7 @@ def build_report(
         "tokens": {
             "key_tokens_per_clip": grid_tokens,
             "residual_stride": stride,
+            "residual_grid": residual_grid,
             # Dataset-wide means (from every committed shard), then this run's exact distribution.
             "dataset_mean_vtok_per_clip": vt_mean,
             "dataset_mean_frame_sampling_per_clip": summary.mean_frame_tokens_per_clip,
@@ -327,7 +329,8 @@ def read_report(uri: str, storage_options: dict[str, Any] | None = None) -> dict
 def _tokens_text(t: dict[str, Any]) -> str:
     if t.get("dataset_reduction") is None:
         return "no clips were tokenized"
-    return (f"VTok S+R mean {t['dataset_mean_vtok_per_clip']:.1f}; frame sampling T*S mean "
+    return (f"VTok {vtok_formula(t.get('residual_grid', 1))} mean {t['dataset_mean_vtok_per_clip']:.1f}; "
+            f"frame sampling T*S mean "
             f"{t['dataset_mean_frame_sampling_per_clip']:.1f}; {t['dataset_reduction']:.1f}x fewer")
 
 

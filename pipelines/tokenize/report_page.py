@@ -22,6 +22,7 @@ from pipelines.report_html import (
     table,
     tick_label,
 )
+from schemas.tokens import vtok_formula
 
 
 def sizing_advice(report: dict[str, Any]) -> str:
@@ -132,7 +133,8 @@ def timeline_svg(report: dict[str, Any], width: int = 1000, height: int = 300) -
 def histogram_svg(report: dict[str, Any], width: int = 1000, height: int = 280) -> str:
     """Tokens per clip: VTok S+R next to frame-sampling T*S, on one axis so the gap is visible."""
     hist = report["tokens"]["histogram"]
-    series = [("VTok S+R", hist["vtok"], PALETTE["vtok"]), ("frame sampling T*S", hist["frame_sampling"],
+    label = f"VTok {vtok_formula(report['tokens'].get('residual_grid', 1))}"
+    series = [(label, hist["vtok"], PALETTE["vtok"]), ("frame sampling T*S", hist["frame_sampling"],
                                                           PALETTE["frame_sampling"])]
     values = [v for _, h, _ in series for v, _ in h]
     if not values:
@@ -177,7 +179,7 @@ def histogram_svg(report: dict[str, Any], width: int = 1000, height: int = 280) 
                            f'height="{mt + ph - y(c):.1f}" fill="{colour}" fill-opacity="0.85">'
                            f'<title>{esc(name)}: {c} clips near {i * bin_w:.0f} tokens</title></rect>')
     t = report["tokens"]
-    means = [("VTok S+R", t["vtok_per_clip"]["mean"], PALETTE["vtok"]),
+    means = [(label, t["vtok_per_clip"]["mean"], PALETTE["vtok"]),
              ("frame sampling T*S", t["frame_sampling_per_clip"]["mean"], PALETTE["frame_sampling"])]
     lx = ml
     for name, mean, colour in means:
@@ -262,7 +264,7 @@ def render_html(report: dict[str, Any]) -> str:
         card("clips out", f"{c['clips_out']:,}", f"of {c['videos_in']:,} inputs"),
         card("quarantined", f"{c['quarantined']:,}", ", ".join(f"{k} {v}" for k, v in errors.items()) or "none"),
         card("tokens per clip", f"{t['dataset_mean_vtok_per_clip']:.1f}",
-              f"VTok S+R vs {t['dataset_mean_frame_sampling_per_clip']:.1f} T*S "
+              f"VTok {vtok_formula(t.get('residual_grid', 1))} vs {t['dataset_mean_frame_sampling_per_clip']:.1f} T*S "
               f"({t['dataset_reduction']:.1f}x fewer)") if t.get("dataset_reduction") is not None
         else card("tokens per clip", "n/a", "no clips were tokenized"),
         card("wall time", fmt_s(tm["wall_s"]), f"pipeline {fmt_s(tm['pipeline_s'])}"),
@@ -293,8 +295,10 @@ def render_html(report: dict[str, Any]) -> str:
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["generated_unix"]))
     vt, fs = t["vtok_per_clip"], t["frame_sampling_per_clip"]
     stage_chart = hbar_svg(_stage_items(report), " s", "busy time per stage")
-    stride = t["residual_stride"]
+    stride, residual_grid = t["residual_stride"], t.get("residual_grid", 1)
     stride_text = "later sampled frame" if stride == 1 else f"{stride} sampled frames"
+    per_step = "one residual token" if residual_grid == 1 else (
+        f"r*r = {residual_grid * residual_grid} residual tokens (a {residual_grid}x{residual_grid} grid)")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>vtok report: {esc(report['output'])}</title><style>{CSS}</style></head>
@@ -309,10 +313,10 @@ v{esc(report['schema_version'])} · vtok {esc(report['vtok_version'])} · {gener
 <section><h2>Where the time went (busy time per stage)</h2>{stage_chart}
 <p class="note">Decode and encode are summed over parallel workers, so they can exceed the wall time.
 Sizing: {esc(sizing_advice(report))}.</p></section>
-<section><h2>Tokens per clip: VTok S+R vs frame sampling T*S</h2>{histogram_svg(report)}
+<section><h2>Tokens per clip: VTok {vtok_formula(residual_grid)} vs frame sampling T*S</h2>{histogram_svg(report)}
 <p class="note">This run: VTok p50 {vt['p50']:.0f}, p90 {vt['p90']:.0f}, max {vt['max']:.0f};
 T*S p50 {fs['p50']:.0f}, p90 {fs['p90']:.0f}, max {fs['max']:.0f}. Totals {t['vtok_total_this_run']:,} vs
-{t['frame_sampling_total_this_run']:,} tokens (S = {t['key_tokens_per_clip']}, one residual token per
+{t['frame_sampling_total_this_run']:,} tokens (S = {t['key_tokens_per_clip']}, {per_step} per
 {stride_text}).</p></section>
 <section><h2>Errors by reason</h2>{error_body}</section>
 {_runs_section(report)}

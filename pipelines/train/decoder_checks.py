@@ -6,10 +6,11 @@ Each refuses with one line naming the key or URI to fix (an InputError, exit cod
   model.space=latents), naming the tokenize key that writes it;
 - model.transformer / model.vae are diffusers directories of the right class (config.json only);
 - the token widths and counts of the data match the adapter (model.token_dim, model.num_key,
-  model.residual_dim), whether given by the user or recorded in a decoder checkpoint;
+  model.residual_dim, model.residual_grid), whether given by the user or recorded in a decoder checkpoint;
 - the frame-sampling baseline has frame_tokens.
 
-`resolve_decoder` also fills in what the data decides (token width and count, the target's frames and size).
+`resolve_decoder` also fills in what the data decides (token width and count, the residual grid, the target's
+frames and size).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.train.data import check_frame_sampling, frame_counts
+from schemas.tokens import residual_grid_of
 from vtok.errors import InputError
 from vtok.models.decoder_config import DecoderConfig
 from vtok.storage import localize_dir
@@ -54,6 +56,12 @@ def check_tokens(cfg: DecoderConfig, manifest: dict[str, Any], data: str, where:
                          f"cannot read them")
     if cfg.num_key is not None and cfg.num_key != s:
         raise InputError(f"{prefix}num_key={cfg.num_key}, but {data} has S={s} key tokens per clip")
+    r = residual_grid_of(manifest.get("tokenizer"))
+    # Unset in a job's config the data decides; a trained decoder (a checkpoint's config) without it reads r = 1.
+    grid = cfg.residual_grid if cfg.residual_grid is not None or where == "model" else 1
+    if cfg.tokens == "vtok" and grid is not None and grid != r:
+        raise InputError(f"{prefix}residual_grid={grid}, but {data} was tokenized with "
+                         f"tokenizer.residual_grid={r} ({r * r} residual tokens per step)")
     check_frame_sampling(manifest, data, cfg.tokens, cfg.frames)
     if cfg.tokens == "vtok" and cfg.residual == "tokens" and not manifest.get("tokenizer", {}).get("g_phi"):
         raise InputError(f"data={data}: model.residual=tokens needs residual_tokens in the shards; tokenize with "
@@ -127,11 +135,14 @@ def resolve_decoder(cfg: DecoderConfig, manifest: dict[str, Any], data: str,
     for frames in counts if cfg.space == "pixels" else [size[0]]:
         _check_grid((frames, size[1], size[2]), patch, rope, f"{target_column(cfg)} of {data}")
     d, s = data_widths(manifest)
+    r = residual_grid_of(manifest.get("tokenizer"))
     steps = (max(counts) - 1) if counts else 0
     if steps > cfg.max_time_steps:
         raise InputError(f"the clips of {data} have up to {steps + 1} frames, more than model.max_time_steps="
                          f"{cfg.max_time_steps} embeds; raise it")
+    # residual_grid stays None at r = 1, so a run bound before it existed resumes with the same model config.
     return dataclasses.replace(cfg, token_dim=d, num_key=s, residual_dim=residual_width if residual_width != d else None,
+                               residual_grid=r if r != 1 and cfg.tokens == "vtok" else None,
                                num_frames=size[0], height=size[1], width=size[2])
 
 

@@ -4,6 +4,8 @@
     residual     r_t     ->  out(res_in(r_t))      + kind[res] + cell[none] + time[t]     t = 1..R
     baseline     f_k,i   ->  out(key_in(f_k,i))    + kind[key] + cell[i]    + time[k]     k = 0..K-1
 
+(With model.residual_grid = r > 1, a step's r*r residual rows r_t,c take cell[S + c] in place of cell[none] = cell[S].)
+
 (key_in / res_in: per-dimension standardization (x - shift) * scale, LayerNorm + Linear into the hidden
 width; out: GELU + Linear into text_dim, then a LayerNorm after the embeddings are added. The shift and
 scale start as the identity; the training job sets them from its data's statistics, then they train.) The same layout and the same time / cell conventions as the
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from vtok.models.decoder_config import DecoderConfig
-from vtok.training.mllm_batch import KEY, RESIDUAL, even_frames
+from vtok.training.mllm_batch import KEY, RESIDUAL, even_frames, residual_layout
 
 
 @dataclass
@@ -33,8 +35,8 @@ class Conditioning:
     key: torch.Tensor  # [B, N, D] key tokens (N = S) or the chosen frames' tokens, flattened (N = K * S)
     key_valid: torch.Tensor  # [B, N] bool
     key_time: torch.Tensor  # [B, N] int64: 0 for key tokens, the frame's index k for frame tokens
-    residual: torch.Tensor  # [B, R, D_r] residual features / tokens (R = 0 for the baseline)
-    residual_valid: torch.Tensor  # [B, R] bool
+    residual: torch.Tensor  # [B, R_rows, D_r] residual features / tokens, r*r rows per step (none for the baseline)
+    residual_valid: torch.Tensor  # [B, R_rows] bool
 
     @property
     def batch_size(self) -> int:
@@ -68,8 +70,9 @@ def conditioning(batch: Mapping[str, Any], cfg: DecoderConfig) -> Conditioning:
         if width is not None and res.shape[-1] != width:
             raise ValueError(f"{column} are D={res.shape[-1]} wide, the adapter was built for "
                              f"model.residual_dim={width}")
-        if res.shape[1] > cfg.max_time_steps:
-            raise ValueError(f"{column}: R={res.shape[1]} steps, more than model.max_time_steps={cfg.max_time_steps}")
+        steps, _ = residual_layout(valid, cfg.residual_grid or 1)
+        if len(steps) and int(steps[-1]) > cfg.max_time_steps:
+            raise ValueError(f"{column}: R={int(steps[-1])} steps, more than model.max_time_steps={cfg.max_time_steps}")
         return Conditioning(key.float(), torch.ones(b, s, dtype=torch.bool, device=key.device),
                             torch.zeros(b, s, dtype=torch.long, device=key.device), res.float(), valid.bool())
     frames, frame_valid = batch.get("frame_tokens"), batch.get("frame_mask")
@@ -115,7 +118,8 @@ class TokenAdapter(nn.Module):
         self.res_in = nn.Sequential(nn.LayerNorm(cfg.residual_dim or d), nn.Linear(cfg.residual_dim or d, h))
         self.out = nn.Sequential(nn.GELU(), nn.Linear(h, text_dim))
         self.kind_embed = nn.Embedding(2, text_dim)  # KEY, RESIDUAL
-        self.cell_embed = nn.Embedding(self.num_key + 1, text_dim)  # grid cells 0..S-1, S = none
+        # Key grid cells 0..S-1, then the residual cells S..S+r*r-1 (just S = none at r = 1).
+        self.cell_embed = nn.Embedding(self.num_key + (cfg.residual_grid or 1) ** 2, text_dim)
         self.time_embed = nn.Embedding(cfg.max_time_steps + 1, text_dim)
         self.norm = nn.LayerNorm(text_dim)
         self.null = nn.Parameter(torch.randn(cfg.null_tokens, text_dim) * 0.02)  # [N0, text_dim]
@@ -162,9 +166,10 @@ class TokenAdapter(nn.Module):
         # VTok mode runs res_in even when no clip of the batch has a residual (R = 0): DDP needs every trainable
         # parameter in each step's graph (the loop's prepare_model does not look for unused ones).
         if r or self.cfg.tokens == "vtok":
-            steps = torch.arange(1, r + 1, device=device).clamp(max=self.cfg.max_time_steps)  # [R]
+            steps, cells = (x.to(device) for x in residual_layout(cond.residual_valid, self.cfg.residual_grid or 1))
+            steps = steps.clamp(max=self.cfg.max_time_steps)  # [R_rows]
             res = self.out(self.res_in((cond.residual - self.res_shift) * self.res_scale)) + self.kind_embed.weight[RESIDUAL]
-            res = res + self.cell_embed.weight[self.num_key] + self.time_embed(steps)  # [B, R, text_dim]
+            res = res + self.cell_embed(self.num_key + cells) + self.time_embed(steps)  # [B, R_rows, text_dim]
             parts.append(res)
             masks.append(cond.residual_valid)
         states, mask = self.norm(torch.cat(parts, 1)), torch.cat(masks, 1)  # [B, L, text_dim], [B, L]

@@ -65,13 +65,15 @@ class DecoderConfig:
     frames: int | None = None
     """Baseline only: K evenly spaced frames per clip (an equal token budget); None = all T frames."""
     residual: str = "features"
-    """VTok residual column: "features" (residual_features [R, D]) or "tokens" (residual_tokens [R, D'])."""
+    """VTok residual column: "features" (residual_features [r*r*R, D]) or "tokens" (residual_tokens [r*r*R, D'])."""
     token_dim: int | None = None
     """Width D of key / frame tokens (the adapter's input); None: the job sets it from the data."""
     residual_dim: int | None = None
     """Width of the residual column; None = token_dim."""
     num_key: int | None = None
     """S, the key tokens per clip (grid cells embedded); None: the job sets it from the data."""
+    residual_grid: int | None = None
+    """r of the data's tokenizer.residual_grid (r*r residual tokens per step, each cell embedded); None = 1."""
     max_time_steps: int = 64
     """Largest time index embedded: R for VTok, the frame count - 1 for the baseline."""
     adapter_hidden: int | None = None
@@ -121,7 +123,7 @@ class DecoderConfig:
         for name in ("lora_rank", "max_time_steps", "null_tokens", "num_frames", "height", "width", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("token_dim", "residual_dim", "num_key", "adapter_hidden"):
+        for name in ("token_dim", "residual_dim", "num_key", "residual_grid", "adapter_hidden"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"model.{name} must be >= 1 or null, got {value}")

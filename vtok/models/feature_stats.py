@@ -43,7 +43,9 @@ class FeatureStats:
     num_key: int = 0
     """S: key tokens per clip."""
     max_residual: int = 0
-    """The longest R seen."""
+    """The most residual rows of a clip seen (r*r*R with a residual grid)."""
+    residual_grid: int = 1
+    """r of the data's residual grid (tokenizer.residual_grid): r*r rows per residual step; set by the caller."""
     max_frames: int = 0
     """The longest T seen (0 without frame_tokens)."""
     min_std: float = 1e-6
@@ -137,6 +139,8 @@ class FeatureStats:
             "max_frames": str(self.max_frames),
             "min_std": repr(self.min_std),
             **{f"count.{k}": str(v) for k, v in self.count.items()},
+            # Only a residual grid is recorded, so statistics of one-residual-per-step data keep their bytes.
+            **({"residual_grid": str(self.residual_grid)} if self.residual_grid != 1 else {}),
         }
         save_file(tensors, str(path), metadata=meta)
         return Path(path)
@@ -157,5 +161,6 @@ class FeatureStats:
             num_key=int(meta.get("num_key", 0)),
             max_residual=int(meta.get("max_residual", 0)),
             max_frames=int(meta.get("max_frames", 0)),
+            residual_grid=int(meta.get("residual_grid", 1)),
             min_std=float(meta.get("min_std", 1e-6)),
         )

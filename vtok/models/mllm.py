@@ -4,6 +4,9 @@
     residual     r_t     ->  projector(g_phi(r_t))              + kind[res] + cell[none] + time[t]
     baseline     f_k,i   ->  projector(standardize(f_k,i))      + kind[key] + cell[i] + time[k]
 
+With a residual grid (tokenizer.residual_grid = r > 1, FeatureStats.residual_grid) a step's r*r residual
+cells r_t,c each get their own cell embedding cell[S + c] in place of cell[none] (= cell[S]).
+
 The embeddings are written over the visual slots of the text embeddings (inputs_embeds; the layout is
 vtok.training.mllm_batch's). Understanding trains CE on the answer; generation regresses the visual
 head's output at the state before each slot onto that slot's standardized frozen feature (MSE + cosine,
@@ -41,6 +44,7 @@ from vtok.training.mllm_batch import (
     SpecialIds,
     VisualInputs,
     assemble,
+    residual_layout,
     understanding_ids,
     visual_inputs,
 )
@@ -86,7 +90,8 @@ class VTokLM(nn.Module):
                 nn.Linear(d, cfg.projector_hidden or h), nn.GELU(), nn.Linear(cfg.projector_hidden or h, h)
             )
             self.kind_embed = nn.Embedding(2, h)  # KEY, RESIDUAL
-            self.cell_embed = nn.Embedding(self.num_key + 1, h)  # grid cells 0..S-1, S = none
+            # Key grid cells 0..S-1, then the residual cells S..S+r*r-1 (just S = none at r = 1).
+            self.cell_embed = nn.Embedding(self.num_key + stats.residual_grid**2, h)
             self.time_embed = nn.Embedding(cfg.max_time_steps + 1, h)
             self.marker_embed = nn.Embedding(2, h)  # <video>, </video>
             self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, d))
@@ -172,7 +177,7 @@ class VTokLM(nn.Module):
     def score_choices(self, visual: Mapping[str, Any], question: str, candidates: list[str]) -> list[float]:
         """Summed log-likelihood of each candidate's tokens (and <eos>) after the clip and the question.
 
-        `visual`: one clip's key_tokens [S, D] and residual_features [R, D] (frame_tokens [T, S, D] for the
+        `visual`: one clip's key_tokens [S, D] and residual_features [r*r*R, D] (frame_tokens [T, S, D] for the
         baseline). The <eos> is scored as in training, so a candidate that is a prefix of another
         ("top" vs "top left") does not win by being short.
         """
@@ -198,17 +203,19 @@ class VTokLM(nn.Module):
     ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         """Visual tokens for a caption, autoregressively, in the shards' format (de-standardized float32).
 
-        VTok: (key [S, D], residual features [R, D]); each prediction goes back in the way training feeds
+        VTok: (key [S, D], residual features [r*r*R, D]); each prediction goes back in the way training feeds
         that slot (key: projector(pred); residual: projector(g_phi(pred))). Baseline: frame tokens [T', S, D].
+        `num_residual`: residual rows (r*r per step with a residual grid); None = the most seen in training.
         """
         s = num_key or self.num_key
         assert s == self.num_key, f"the model has {self.num_key} key cells, asked for {s}"
         if self.cfg.tokens == "vtok":
             r = self.stats.max_residual if num_residual is None else num_residual
+            steps, res_cells = residual_layout(torch.ones(1, r, dtype=torch.bool), self.stats.residual_grid)
             kinds, cells, times = (
                 [KEY] * s + [RESIDUAL] * r,
-                [*range(s), *[s] * r],
-                [0] * s + list(range(1, r + 1)),
+                [*range(s), *(s + res_cells).tolist()],
+                [0] * s + steps.tolist(),
             )
         else:
             t = num_frames or self.cfg.frames or self.stats.max_frames
@@ -307,6 +314,7 @@ class VTokLM(nn.Module):
             "num_key": self.num_key,
             "max_residual": self.stats.max_residual,
             "max_frames": self.stats.max_frames,
+            **({"residual_grid": self.stats.residual_grid} if self.stats.residual_grid != 1 else {}),
         }
         (out / FILES["config"]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return out

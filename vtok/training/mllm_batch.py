@@ -8,7 +8,8 @@ longest sequence of the batch:
     generation     <bos> caption <video> x_1 .. x_n                         the state before x_j predicts x_j
 
 v_j / x_j are visual slots: the text ids there are <pad> and the model writes its visual embeddings
-over them. With tokens="vtok" a clip's slots are its S key tokens then its R residual features; with
+over them. With tokens="vtok" a clip's slots are its S key tokens then its r*r*R residual features (r =
+the data's residual grid, FeatureStats.residual_grid; each step's r*r cells in stored order); with
 tokens="frame_sampling" they are the S grid tokens of each of its T frames (or of K evenly spaced ones).
 The visual tensors are per clip (`VisualInputs`, [B, V, ...]); `visual_row` says which clip a sequence shows.
 """
@@ -71,10 +72,10 @@ class VisualInputs:
     )  # [B, V, D] model inputs: standardized key/frame tokens, RAW residual features (g_phi's input)
     targets: torch.Tensor  # [B, V, D] standardized features: what generation regresses onto
     kind: torch.Tensor  # [B, V] int64, KEY or RESIDUAL
-    cell: torch.Tensor  # [B, V] int64, grid cell 0..S-1; S for residual slots
+    cell: torch.Tensor  # [B, V] int64, key grid cell 0..S-1; S + c for residual cell c (0..r*r-1; S at r = 1)
     time: (
         torch.Tensor
-    )  # [B, V] int64, 0 for key tokens, 1..R for residuals, the frame's index k for the baseline
+    )  # [B, V] int64, 0 for key tokens, 1..R for residuals (the step), the frame's index k for the baseline
     valid: torch.Tensor  # [B, V] bool, True at real slots
 
     @property
@@ -127,15 +128,16 @@ def visual_inputs(batch: TokenBatch, cfg: MLLMConfig, stats: FeatureStats) -> Vi
     if cfg.tokens == "vtok":
         res = batch["residual_features"]
         assert isinstance(res, torch.Tensor)
-        r = res.shape[1]
+        r = res.shape[1]  # residual rows: r*r per step
         res_valid = batch["residual_mask"]
         assert isinstance(res_valid, torch.Tensor)
+        steps, cells = residual_layout(res_valid, stats.residual_grid)
         key_std = stats.standardize("key_tokens", key)  # [B, S, D]
-        features = torch.cat([key_std, res], 1)  # [B, S + R, D]
+        features = torch.cat([key_std, res], 1)  # [B, S + r*r*R, D]
         targets = torch.cat([key_std, stats.standardize("residual_features", res)], 1)
         kind = torch.tensor([KEY] * s + [RESIDUAL] * r).expand(b, -1)
-        cell = torch.cat([torch.arange(s), torch.full((r,), s)]).expand(b, -1)
-        time = torch.cat([torch.zeros(s, dtype=torch.long), torch.arange(1, r + 1)]).expand(b, -1)
+        cell = torch.cat([torch.arange(s), s + cells]).expand(b, -1)
+        time = torch.cat([torch.zeros(s, dtype=torch.long), steps]).expand(b, -1)
         valid = torch.cat([torch.ones(b, s, dtype=torch.bool), res_valid.bool()], 1)
     else:
         if "frame_tokens" not in batch:
@@ -171,6 +173,19 @@ def visual_inputs(batch: TokenBatch, cfg: MLLMConfig, stats: FeatureStats) -> Vi
         time.contiguous(),
         valid.contiguous(),
     )
+
+
+def residual_layout(residual_mask: torch.Tensor, residual_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(step 1..R [R_rows], cell 0..r*r-1 [R_rows]) of the residual rows of a collate batch, residual_mask
+    [B, R_rows]; refuses clips whose row count is not a whole number of r*r-cell steps."""
+    per_step = residual_grid * residual_grid
+    rows = residual_mask.bool().sum(1)  # [B]
+    bad = [int(n) for n in rows if int(n) % per_step]
+    if bad or residual_mask.shape[1] % per_step:
+        raise ValueError(f"residual_features: {bad[0] if bad else residual_mask.shape[1]} rows in a clip, not a "
+                         f"whole number of steps of r*r={per_step} cells (tokenizer.residual_grid={residual_grid})")
+    index = torch.arange(residual_mask.shape[1])
+    return 1 + index // per_step, index % per_step
 
 
 def even_frames(t: int, k: int) -> torch.Tensor:
