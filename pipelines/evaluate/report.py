@@ -2,9 +2,10 @@
 `vtok report RUN`.
 
 The page (the shared SVG module): per TV-Align metric, per-category bars with their 95% intervals (the
-baseline's understanding beside this checkpoint's when compare= was given); history across checkpoints (every
-committed result of the run, metric per category vs step); a strip of generated frames for a few held-out
-prompts, with the reconstruction below and the judge's reading beside each; VBench's rows; the config.
+baseline's understanding beside this checkpoint's when compare= was given); TV-Align's history across checkpoints
+(every committed result of the run, metric per category vs step; RUN/eval/history.html has every suite); a strip
+of generated frames for a few held-out prompts, with the reconstruction below and the judge's reading beside
+each; VBench's rows; the config.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.evaluate.rows import TV_ALIGN, TV_ALIGN_METRICS, run_name
+from pipelines.evaluate.rows import TV_ALIGN, run_name
 from pipelines.report_html import (
     PALETTE,
     card,
     esc,
-    line_chart_svg,
     nice_ticks,
     page,
     png_data_uri,
@@ -125,30 +125,25 @@ def strip_section(clips: Sequence[Mapping[str, Any]]) -> str:
             f"{''.join(figures)}</section>")
 
 
-def history_section(run_uri: str, storage_options: dict[str, Any] | None) -> str:
-    """Every committed TV-Align result of the run: a chart per metric, one line per category, value vs step."""
-    from pipelines.evaluate.results import read_results
+def history_section(history: Mapping[str, Any]) -> str:
+    """The run's TV-Align history (pipelines/evaluate/history.py): a chart per metric, one line per category,
+    value vs step, the baseline's dashed; every suite is on history.html."""
+    from pipelines.evaluate.history import HISTORY_HTML, metric_sections
 
-    table_rows = [r for r in read_results(run_uri, storage_options).to_pylist() if r["suite"] == TV_ALIGN]
-    charts = []
-    for metric in TV_ALIGN_METRICS:
-        mine = sorted((r for r in table_rows if r["metric"] == metric), key=lambda r: r["step"])
-        if not mine:
-            continue
-        categories = list(dict.fromkeys(r["category"] for r in mine))
-        series = [(c, [r["step"] for r in mine if r["category"] == c], [r["value"] for r in mine
-                                                                         if r["category"] == c]) for c in categories]
-        steps = sorted({r["step"] for r in mine})
-        charts.append(f"<h3>{esc(metric)}</h3>{line_chart_svg(series, f'{metric} history', 'step', 'accuracy')}"
-                      f'<p class="note">checkpoints: {esc(", ".join(str(s) for s in steps))}</p>')
-    return "<section><h2>History across checkpoints</h2>" + "".join(charts) + "</section>"
+    tv_align = {**history, "metrics": [m for m in history["metrics"] if m["suite"] == TV_ALIGN]}
+    return (f'<section><h2>History across checkpoints</h2><p class="note">Every committed result of the run by '
+            f'step; all suites, with the best checkpoint per metric: <a href="{HISTORY_HTML}">{HISTORY_HTML}</a>'
+            f"</p></section>" + "".join(metric_sections(tv_align)))
 
 
 def write_eval_report(plan: Any, rows: Sequence[Mapping[str, Any]], accuracy: Mapping[str, Accuracy],
                       vbench: Sequence[Any], score_dims: Mapping[str, Any], compare: Mapping[str, Any] | None,
                       strip_keys: Collection[str]) -> str:
-    """Write RUN/eval/report.json and RUN/eval/report.html for this eval; returns the page's URI."""
+    """Write RUN/eval/report.json and RUN/eval/report.html for this eval, and the run's history (history.json,
+    history.html, with the compare run as its baseline); returns the report page's URI."""
     import dataclasses
+
+    from pipelines.evaluate.history import write_history
 
     cfg, main = plan.cfg, plan.main
     opts = cfg.storage_options or None
@@ -170,7 +165,8 @@ def write_eval_report(plan: Any, rows: Sequence[Mapping[str, Any]], accuracy: Ma
                                                                                             "reconstruction") if m in c}}
                          for c in clips]
     write_json(join(main.run, EVAL_DIR, REPORT_FILE), report, opts)
-    html = render_eval_html(report, clips, history_section(main.run, opts))
+    history, _ = write_history(main.run, opts, compare["run"] if compare else None)
+    html = render_eval_html(report, clips, history_section(history))
     uri = join(main.run, EVAL_DIR, REPORT_HTML)
     write_bytes_atomic(uri, html.encode(), opts)
     return uri
@@ -223,8 +219,9 @@ def render_eval_html(report: Mapping[str, Any], clips: Sequence[Mapping[str, Any
 
 
 def format_eval_results(run_uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """`vtok report RUN`'s lines for the run's latest evaluation: per suite, the newest checkpoint's rows; [] when
-    RUN/eval has no results."""
+    """`vtok report RUN`'s lines for the run's evaluations: per suite, the newest checkpoint's rows, then the
+    history (each metric per category by step, the best checkpoint); [] when RUN/eval has no results."""
+    from pipelines.evaluate.history import build_history, format_history, remembered_baseline
     from pipelines.evaluate.results import committed_results, read_results
 
     if not committed_results(run_uri, storage_options):
@@ -240,4 +237,5 @@ def format_eval_results(run_uri: str, storage_options: dict[str, Any] | None = N
         for r in latest:
             interval = "" if r["lo"] is None else f" [{r['lo']:.2f}, {r['hi']:.2f}]"
             lines.append(f"  {r['metric'] + ' ' + r['category']:<44} {r['value']:.3f}{interval} (n={r['n']})")
-    return lines
+    history = build_history(run_uri, storage_options, remembered_baseline(run_uri, storage_options))
+    return lines + format_history(history)

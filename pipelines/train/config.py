@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -63,13 +63,33 @@ class CheckpointSettings:
     every_steps: int = 100
     """A checkpoint every this many steps, and one at the end."""
     keep_last: int = 3
-    """Complete checkpoints kept (the newest is never deleted)."""
+    """Complete checkpoints kept (the newest is never deleted, nor, in an MLLM run, one that eval.required_suites
+    has not evaluated yet)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:
             raise ValueError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
         if self.keep_last < 1:
             raise ValueError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class RunEvalSettings:
+    """Which evaluations every checkpoint of the run owes before retention may delete it."""
+
+    required_suites: list[str] = field(default_factory=list)
+    """Eval suites (tv_align, vbench) a checkpoint needs committed results for under RUN/eval/results before
+    checkpoint.keep_last may delete it; until then it is kept, and the training log says why. []: keep_last
+    alone decides."""
+
+    def __post_init__(self) -> None:
+        from pipelines.evaluate.rows import SUITES
+
+        for suite in self.required_suites:
+            if suite not in SUITES:
+                raise ValueError(f"eval.required_suites: unknown suite {suite!r}; known: {', '.join(SUITES)}")
+        if len(set(self.required_suites)) != len(self.required_suites):
+            raise ValueError(f"eval.required_suites: a suite is given twice in {list(self.required_suites)}")
 
 
 @dataclass

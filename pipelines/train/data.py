@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,10 +241,12 @@ def bind_job(cfg: TrainJobConfig, kind: str, model: Any, manifest: dict[str, Any
     return bind_training_run(cfg.output, identity, cfg.storage_options or None)
 
 
-def fit_job(kind: str, task: TrainTask, cfg: TrainJobConfig, train_ds: Any, progress: bool = True) -> None:
-    """Train `task` on `train_ds` with Ray Train until cfg.train.steps, under a name fixed by the run directory."""
+def fit_job(kind: str, task: TrainTask, cfg: TrainJobConfig, train_ds: Any, progress: bool = True,
+            required_suites: Sequence[str] = ()) -> None:
+    """Train `task` on `train_ds` with Ray Train until cfg.train.steps, under a name fixed by the run directory;
+    retention keeps every checkpoint without committed results for each of `required_suites`."""
     name = f"vtok-{kind}-" + hashlib.sha256(cfg.output.encode()).hexdigest()[:12]
-    fit(task, loop_spec(cfg), {"train": train_ds}, cfg.scaling, name=name, progress=progress)
+    fit(task, loop_spec(cfg, required_suites), {"train": train_ds}, cfg.scaling, name=name, progress=progress)
 
 
 def materialize_if_small(train_ds: Any, manifest: dict[str, Any], limit_bytes: int) -> Any:
@@ -255,10 +257,11 @@ def materialize_if_small(train_ds: Any, manifest: dict[str, Any], limit_bytes: i
     return train_ds
 
 
-def loop_spec(cfg: TrainJobConfig) -> LoopSpec:
-    """What every worker's loop is told: the settings, and MLflow's (the config as parameters, credentials
-    and storage options left out)."""
+def loop_spec(cfg: TrainJobConfig, required_suites: Sequence[str] = ()) -> LoopSpec:
+    """What every worker's loop is told: the settings, the eval suites retention waits for, and MLflow's (the
+    config as parameters, credentials and storage options left out)."""
     return LoopSpec(run_uri=cfg.output, train=cfg.train, checkpoint=cfg.checkpoint,
+                    required_suites=tuple(required_suites),
                     storage_options=cfg.storage_options or None, use_gpu=cfg.scaling.use_gpu,
                     cpus_per_worker=cfg.scaling.cpus_per_worker,
                     mlflow_uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.train.config import RunEvalSettings
 from pipelines.train.data import (
     SplitSettings,
     TrainJobConfig,
@@ -38,6 +39,7 @@ from pipelines.train.data import (
     split_rows,
 )
 from schemas.checkpoint import CONFIG, DATA, FEATURE_STATS, G_PHI, LLM_DIR, TEXT_TOKENIZER_DIR, TRAINABLE
+from schemas.tokens import residual_grid_of
 from vtok.errors import InputError
 from vtok.models.mllm_config import MLLMConfig
 from vtok.storage import join, localize_dir
@@ -56,6 +58,8 @@ class TrainMLLMConfig(TrainJobConfig):
     """The MLLM (model.llm, model.tokens, model.frames, ...)."""
     text_tokenizer: str | None = None
     """HF tokenizer directory; None trains a word-level one from the corpus into RUN/text_tokenizer."""
+    eval: RunEvalSettings = field(default_factory=RunEvalSettings)
+    """Evaluations each checkpoint owes before checkpoint.keep_last may delete it (eval.required_suites)."""
 
 
 @dataclass
@@ -147,9 +151,10 @@ PREPARED_DIR = "prepared"
 """RUN/prepared/: what every worker of the run shares, made once by the driver (reused on resume)."""
 
 
-def prepare(cfg: TrainMLLMConfig, train_ds: Any) -> tuple[str, str, str]:
+def prepare(cfg: TrainMLLMConfig, train_ds: Any, residual_grid: int = 1) -> tuple[str, str, str]:
     """(tokenizer dir, base LM dir, prepared dir) URIs: RUN/prepared/ holds the text tokenizer (unless one is
-    given), the tiny base LM (unless model.llm is given) and the feature statistics, written once."""
+    given), the tiny base LM (unless model.llm is given) and the feature statistics, written once.
+    `residual_grid`: the data's tokenizer.residual_grid, recorded in the statistics the model is built from."""
     from vtok.eval.questions import template_texts
     from vtok.models.feature_stats import FeatureStats
     from vtok.models.text import load_text_tokenizer, train_word_tokenizer
@@ -174,7 +179,7 @@ def prepare(cfg: TrainMLLMConfig, train_ds: Any) -> tuple[str, str, str]:
         vocab = len(load_text_tokenizer(localize_dir(tokenizer_uri, opts) if cfg.text_tokenizer
                                         else staging / TEXT_TOKENIZER_DIR))
         save_tiny_llm(staging / "base_llm", vocab_size=vocab, seed=cfg.train.seed)
-    stats = FeatureStats()
+    stats = FeatureStats(residual_grid=residual_grid)
     columns = [c for c in ("key_tokens", "residual_features", "frame_tokens") if c in train_ds.schema().names]
     for batch in train_ds.limit(cfg.stats_clips).select_columns(["sample_key", *columns]).iter_batches(
             batch_size=64, batch_format="numpy"):
@@ -195,11 +200,23 @@ def run_train_mllm(cfg: TrainMLLMConfig, progress: bool = True) -> dict[str, Any
     check_heldout(held_ds, cfg)
     record = data_record(cfg, manifest)
     resumed = bind_job(cfg, "mllm", cfg.model, manifest, text_tokenizer=cfg.text_tokenizer)
-    tokenizer_uri, llm_uri, prepared = prepare(cfg, train_ds)
+    tokenizer_uri, llm_uri, prepared = prepare(cfg, train_ds, residual_grid_of(manifest.get("tokenizer")))
     task = MLLMTask(cfg.model, llm_uri, tokenizer_uri, prepared, cfg.train.seed, record, config_record(cfg),
                     cfg.storage_options or None)
     train_ds = materialize_if_small(train_ds, manifest, cfg.materialize_bytes)
     logger.info("%s run %s: %s tokens, LM %s (%s)", "resuming" if resumed else "starting", cfg.output,
                 cfg.model.tokens, llm_uri, cfg.model.llm_mode)
-    fit_job("mllm", task, cfg, train_ds, progress=progress)
+    fit_job("mllm", task, cfg, train_ds, progress=progress, required_suites=cfg.eval.required_suites)
+    _log_retention(cfg)
     return {"resumed": resumed, "heldout": held_ds}
+
+
+def _log_retention(cfg: TrainMLLMConfig) -> None:
+    """The last retention pass's reason for keeping more than checkpoint.keep_last, in the driver's log (a local
+    Ray does not forward the workers' logs)."""
+    from pipelines.train.metrics import read_metrics
+    from pipelines.train.retention import retention_summary
+
+    last = retention_summary(read_metrics(cfg.output, cfg.storage_options or None)) or {}
+    if last.get("note"):
+        logger.warning("after step %d: %s", last["step"], last["note"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipelines.report_html import card, environment, esc, fmt_s, line_chart_svg, page, table
 from pipelines.train.metrics import read_metrics
+from pipelines.train.retention import retention_summary
 from schemas.layout import REPORT_FILE, REPORT_HTML
 from vtok.secrets import mask_text, redact
 from vtok.storage import join, read_json, write_bytes_atomic, write_json
@@ -41,6 +42,7 @@ def summarize(run_uri: str, config: Any, storage_options: dict[str, Any] | None 
         "step_time_s": _mean(records, "step_time_s", 50),
         "tokens_per_s": _mean(records, "tokens_per_s", 50),
         "samples_per_s": _mean(records, "samples_per_s", 50),
+        "retention": retention_summary(records),
         "config": redact(config),
         "environment": environment(),
         **(extra or {}),
@@ -80,6 +82,10 @@ def render_train_html(report: dict[str, Any], runs: dict[str, list[dict[str, Any
               for u, rs in runs.items()]
     sections.append(f"<section><h2>Throughput</h2>{line_chart_svg(series, 'tokens per second', 'step', 'tokens/s')}"
                     f"</section>")
+    retention = report.get("retention") or {}
+    if retention.get("note"):
+        sections.append(f"<section><h2>Checkpoints</h2><p>After step {retention['step']}: "
+                        f"{esc(retention['note'])}.</p></section>")
     rows = [[k, f"{v['first']:.4f}" if v["first"] is not None else "", f"{v['last']:.4f}" if v["last"] is not None
              else "", f"{v['last_10_mean']:.4f}"] for k, v in report["losses"].items()]
     sections.append(f"<section><h2>Losses</h2>{table(['loss', 'first', 'last', 'mean of last 10'], rows)}</section>")
@@ -136,6 +142,9 @@ def format_train_report(report: dict[str, Any]) -> list[str]:
             lines.append(f"{key:<18} {v['first']:.4f} -> {v['last']:.4f} (last 10: {v['last_10_mean']:.4f})")
     for key, value in (report.get("heldout") or {}).items():
         lines.append(f"held-out {key:<9} {value:.3f}")
+    retention = report.get("retention") or {}
+    if retention.get("note"):
+        lines.append(f"checkpoints        {retention['note']}")
     return lines
 
 

@@ -106,6 +106,10 @@ def test_eval_end_to_end_results_report_rerun_and_vtok_report(vtok_run, baseline
         for metric in ("generation", "reconstruction"):
             assert clip[metric]["hits"]["count"] == [clip[metric]["reading"]["count"] == 1], clip
     assert "understanding" in out and "results tv_align" in out
+    # The run's history (history.py), written by the eval job, with the compare= run as its baseline.
+    history = json.loads((run / "eval" / "history.json").read_text())
+    assert history["baseline"]["name"] == "frames" and history["metrics"][0]["best"]["checkpoint"] == CHECKPOINT
+    assert 'data-role="baseline"' in (run / "eval" / "history.html").read_text()
 
     # A rerun replaces the results (same rows, one file per suite); the baseline's are read, not recomputed.
     baseline_bytes = (base / "eval" / "results" / f"{CHECKPOINT}__tv_align.parquet").read_bytes()
@@ -125,6 +129,7 @@ def test_eval_end_to_end_results_report_rerun_and_vtok_report(vtok_run, baseline
     text = capsys.readouterr().out
     assert "steps" in text  # the training report is still there
     assert "eval tv_align" in text and "understanding size" in text and "reconstruction/temporal_flickering" in text
+    assert "history tv_align understanding: best " + CHECKPOINT in text
 
 
 def test_bad_inputs_fail_before_any_work_naming_the_key(vtok_run, baseline_run, decoder_run, heldout_tokens,
