@@ -237,10 +237,11 @@ def describe(submission: Submission) -> list[str]:
     ]
 
 
-def submit(client: JobSubmissionClient, submission: Submission) -> str:
+def submit(client: JobSubmissionClient, submission: Submission, submission_id: str | None = None) -> str:
     try:
         return client.submit_job(
-            entrypoint=submission.entrypoint, runtime_env=submission.runtime_env, metadata=submission.metadata
+            entrypoint=submission.entrypoint, runtime_env=submission.runtime_env, metadata=submission.metadata,
+            submission_id=submission_id,
         )
     except Exception as err:  # noqa: BLE001 - the Job API reports refusals as RuntimeError with HTTP text
         raise SubmitError(f"the cluster refused the job: {mask_text(str(err))}") from None
@@ -294,6 +295,10 @@ def _fail(command: str, err: Exception) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.job == "eval-scan":
+        from jobs.submit_scan import cmd_submit_eval_scan
+
+        return cmd_submit_eval_scan(args)
     submission = prepare_submission(
         args.job, list(args.args), working_dir=Path(args.working_dir) if args.working_dir else None,
         forward_credentials=args.forward_credentials, extra_env=args.env, python=args.python,
@@ -305,7 +310,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             logger.info(line)
         if args.forward_credentials:
             logger.warning("credentials are forwarded by value: they are stored in the cluster's job table")
-        job_id = submit(client, submission)
+        job_id = submit(client, submission, args.submission_id)
         print(job_id, flush=True)
         logger.info("submitted %s as %s; follow with: vtok jobs logs --follow %s", args.job, job_id, job_id)
         if not args.follow:
@@ -397,7 +402,10 @@ def submit_arguments(p: argparse.ArgumentParser) -> None:
                    help="also set NAME in the job (VALUE, or this environment's value); repeatable")
     p.add_argument("--working-dir", default=None, help="project directory to upload (default: this checkout)")
     p.add_argument("--python", default=DEFAULT_PYTHON, help="python on the cluster nodes (default: python)")
-    p.add_argument("job", help="the vtok job to run, e.g. tokenize")
+    p.add_argument("--submission-id", default=None, metavar="ID",
+                   help="the job's id (Ray refuses a second job with it); eval-scan: one per scan window")
+    p.add_argument("job", help="the vtok job to run, e.g. tokenize; eval-scan runs `vtok eval scan ...` at most once "
+                               "per window=MINUTES (default 60; see jobs/submit_scan.py)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the job's arguments, e.g. input=s3://... output=s3://...")
 
 

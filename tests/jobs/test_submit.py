@@ -273,3 +273,43 @@ def test_unknown_job_id_and_unreachable_cluster_fail_clearly(head: LocalHead,
     assert "raysubmit_nope" in capfd.readouterr().err
     assert main(["jobs", "list", "--address", "http://127.0.0.1:9"]) == 1
     assert "cannot reach the Ray Job API at http://127.0.0.1:9" in capfd.readouterr().err
+
+
+def test_eval_scan_is_submitted_once_per_window(head: LocalHead, tmp_path: Path,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A retried `vtok submit eval-scan` within its window starts no second job: Ray refuses the window's id."""
+    from datetime import datetime, timezone
+
+    from jobs.submit_scan import scan_submission_id
+
+    # Neither folder exists: the scan's own first check answers on the cluster, which proves the job ran
+    # `vtok eval scan` with these keys, and takes a second.
+    run, data = tmp_path / "run", tmp_path / "heldout"
+    argv = ["submit", "--address", head.address, "eval-scan", f"run={run}", f"data={data}", "suites=[tv_align]",
+            "window=1440"]
+
+    def window_id() -> str:
+        return scan_submission_id(str(run), str(data), ["tv_align"], datetime.now(timezone.utc), 1440)
+
+    client = _client(head)
+    before, expected = len(client.list_jobs()), {window_id()}
+    assert main(argv) == 0
+    job_id = capfd.readouterr().out.splitlines()[0].strip()
+    assert job_id in expected | {window_id()}
+    assert client.get_job_info(job_id).entrypoint.startswith(f"python -m jobs.cli eval scan ray.address=auto run={run}")
+
+    # A retried --follow (an Airflow task whose worker died) while the job runs: it follows that job.
+    assert main([*argv[:3], "--follow", *argv[3:]]) == 1
+    out = capfd.readouterr().out
+    assert re.match(rf"already submitted: {job_id} \((PENDING|RUNNING)\)\n", out), out[:300]
+    assert f"run={run}: no such run folder" in out  # the job's own log, streamed
+    assert str(client.get_job_status(job_id)) == "FAILED"
+
+    # The retry (cron's, an operator's) in the same window, and an explicit --submission-id of a taken id.
+    assert main(argv) == 0
+    assert capfd.readouterr().out.strip() == f"already submitted: {job_id} (FAILED)"
+    assert main(["submit", "--address", head.address, "--submission-id", job_id, "eval-scan", f"run={tmp_path}/r2",
+                 f"data={data}"]) == 0
+    assert capfd.readouterr().out.strip() == f"already submitted: {job_id} (FAILED)"
+    jobs = client.list_jobs()
+    assert len(jobs) == before + 1 and [j.submission_id for j in jobs].count(job_id) == 1
