@@ -4,6 +4,9 @@
     python -m bench.fidelity --quick      # 1 seed, fewer steps and held-out clips (~5-7 min): a smoke run
     python -m bench.fidelity --seeds 5
 
+The study over key grid, frames and residual grid (S = 4/16/64, T = 8/16/32, r = 1/2; the probe everywhere, the
+MLLM at the corners) is bench/study.py; both share the equal-budget rule (vtok.eval.probe.budget_frames).
+
 The paper's comparison in miniature, on the shapes world (single-object clips, 64 px, 8 frames at 8 fps):
 a training corpus and a held-out corpus of other generator seeds (their sample keys checked disjoint) are
 tokenized once by the real pipeline (frame_tokens on, frames_lowres at 16 px for the decoder). For every

@@ -1,8 +1,8 @@
 """The fidelity study's pure parts and its in-process scoring (bench/fidelity.py runs the study).
 
-Pure helpers (tested in tests/bench/test_fidelity.py): the equal-budget rule `budget_frames`, the pooled and
-per-seed summary of TV-Align hits `summarize`, and the two Markdown tables. `evaluate` scores one trained
-(MLLM, decoder) pair on held-out rows with vtok.eval.tv_align's own functions, in this process (no Ray).
+Pure helpers (tested in tests/bench/test_fidelity.py): the equal-budget rule `budget_frames` (vtok.eval.probe's,
+shared with the probe), the pooled and per-seed summary of TV-Align hits `summarize`, and the two Markdown
+tables. `evaluate` scores one trained (MLLM, decoder) pair on held-out rows with vtok.eval.tv_align's own functions, in this process (no Ray).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.common import table
+from vtok.eval.probe import budget_frames  # noqa: F401 - the rule lives with the probe; bench.fidelity imports it here
 
 TASKS: tuple[str, ...] = ("understanding", "generation", "reconstruction")
 """TV-Align's three measurements, in the order the table lists them."""
@@ -23,19 +24,6 @@ out from the background the object's colour? One item per clip (chance 1/6); it 
 Summary = dict[str, dict[str, Any]]
 """category -> {"acc", "n", "lo", "hi" (pooled over seeds, 95% Wilson), "seeds" (each seed's accuracy),
 "seed_min", "seed_max", "seed_sd" (sample SD across seeds; None for one seed)}."""
-
-
-def budget_frames(s: int, r: int) -> int:
-    """K for frame sampling at VTok's budget: the most frames whose K x S tokens do not exceed S + R.
-
-    Never more tokens than VTok (a baseline given more tokens would not test the claim), and at least one
-    frame (a clip has one). At S = 16, R = 7 (T = 8): S + R = 23, so K = 1 (16 tokens), not K = 2 (32).
-    """
-    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-        raise ValueError(f"S (key tokens per clip) must be an int >= 1, got {s!r}")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ValueError(f"R (residual tokens per clip) must be an int >= 0, got {r!r}")
-    return max(1, (s + r) // s)
 
 
 def summarize(per_seed: Sequence[Mapping[str, Sequence[bool]]]) -> Summary:
