@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from jobs.registry import Command, register
 from vtok.errors import EXIT_DATA
@@ -41,13 +40,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from schemas.tokens import mean_counts
+    from schemas.tokens import mean_counts, residual_grid_of
     from vtok.dataset import describe
 
     d = describe(args.uri)
     grid, stride = d["tokenizer"].get("grid", 0), d["tokenizer"].get("residual_stride", 1)
+    cells = residual_grid_of(d["tokenizer"]) ** 2
     counts = {int(t): n for t, n in d["frame_counts"].items()} or {0: 0}
     r_mean, t_mean = mean_counts(counts, stride)
+    vtok = (f"S+R = {grid * grid + r_mean:.1f}" if cells == 1 else
+            f"S+r*r*R = {grid * grid} + {cells}*{r_mean:.1f} = {grid * grid + cells * r_mean:.1f}")
     print(f"dataset          {args.uri}")
     print(f"format           {d['format']}")
     print(f"schema version   {d['schema_version']}")
@@ -55,8 +57,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"shards           {d['shards']}")
     print(f"rows             {d['rows']}")
     print(f"key tokens S     {grid * grid} (grid {grid}x{grid}, D={d['tokenizer'].get('hidden_size')})")
-    print(f"residual R       mean {r_mean:.1f} (T from {min(counts)} to {max(counts)} frames, stride {stride})")
-    print(f"tokens per clip  VTok S+R = {grid * grid + r_mean:.1f}; frame sampling T*S = {grid * grid * t_mean:.1f}")
+    grid_text = "" if cells == 1 else f", r*r={cells} tokens each (tokenizer.residual_grid={int(cells ** 0.5)})"
+    print(f"residual R       mean {r_mean:.1f} (T from {min(counts)} to {max(counts)} frames, stride {stride}{grid_text})")
+    print(f"tokens per clip  VTok {vtok}; frame sampling T*S = {grid * grid * t_mean:.1f}")
     for line in _target_lines(d.get("targets", {}), d.get("identity", {})):
         print(line)
     if "quarantined" in d:
@@ -98,20 +101,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jobs.tokenize import load_tokenize_config, run
-    from vtok.shapes import write_corpus
+    from jobs.demo import DemoConfig, run_demo
 
-    out = Path(args.out).resolve()
-    corpus = out / "corpus"
-    tokens = out / "tokens"
-    t0 = time.perf_counter()
-    manifest = write_corpus(str(corpus), args.num_videos, seed=args.seed, static_every=8)
-    print(f"[demo] synthesised {args.num_videos} shapes-world videos into {corpus} ({time.perf_counter() - t0:.1f} s)")
-    cfg = load_tokenize_config([f"input={manifest}", f"output={tokens}", "sink.mode=overwrite", *args.overrides])
-    summary = run(cfg, progress=not args.no_progress)
-    print("[demo] tokenize summary")
-    print("\n".join("  " + line for line in summary.lines()))
-    print(f"[demo] token shards are in {tokens}/shards; inspect them with: vtok inspect {tokens}")
+    run_demo(DemoConfig(out=args.out, quick=args.quick, seed=args.seed, train_videos=args.num_videos,
+                        tokenize_overrides=list(args.overrides), progress=not args.no_progress))
     return 0
 
 
@@ -212,6 +205,9 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from jobs.eval import load_eval_config, run_eval_job
 
+    if args.overrides[:1] == ["scan"]:  # `vtok eval scan ...` is the eval-scan job
+        args.overrides = args.overrides[1:]
+        return cmd_eval_scan(args)
     cfg = load_eval_config(args.overrides, args.config)
     result = run_eval_job(cfg, progress=not args.no_progress)
     print(f"checkpoint         {result['checkpoint']} ({result['seconds']:.1f} s)")
@@ -227,6 +223,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"results {suite:<10} {uri}")
     print(f"report             {result['report']} (summary: vtok report {result['run']})")
     return 0
+
+
+def cmd_eval_scan(args: argparse.Namespace) -> int:
+    from jobs.eval_scan import load_scan_config, run_scan_job
+
+    cfg = load_scan_config(args.overrides, args.config)
+    summary = run_scan_job(cfg, progress=not args.no_progress)
+    print("\n".join(summary.totals()))
+    return 0
+
+
+def _load_eval_scan(overrides: list[str], config_file: str | None) -> object:
+    from jobs.eval_scan import load_scan_config
+
+    return load_scan_config(overrides, config_file)
+
+
+def _eval_scan_schema() -> type:
+    from jobs.eval_scan import ScanJobConfig
+
+    return ScanJobConfig
 
 
 def _load_eval(overrides: list[str], config_file: str | None) -> object:
@@ -330,11 +347,13 @@ def uri_argument(p: argparse.ArgumentParser) -> None:
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", help="tokenize config overrides as key=value")
-    p.add_argument("--out", default=DEMO_DEFAULT_OUT)
-    p.add_argument("--num-videos", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="tokenize config overrides as key=value, for both worlds")
+    p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="output folder; a rerun starts it over")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke size: about 2 minutes instead of about 4 (idle 2-core machine)")
+    p.add_argument("--num-videos", type=int, default=None, help="training clips (default 160; --quick: 32)")
+    p.add_argument("--seed", type=int, default=0, help="training world's seed; the held-out world's is seed + 1000")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars and no job log lines")
 
 
 def _load_tokenize(overrides: list[str], config_file: str | None) -> object:
@@ -406,7 +425,8 @@ register(Command("synth", "write a shapes-world corpus: vtok synth OUT --num-vid
 register(Command("inspect", "schema version, fingerprint, rows and tokens per clip of a dataset or shard",
                  uri_argument, cmd_inspect))
 register(Command("validate", "check every shard against the schema and the manifest", uri_argument, cmd_validate))
-register(Command("demo", "synthesise a corpus and tokenize it with the local defaults", demo_arguments, cmd_demo,
+register(Command("demo", "the whole loop: synth -> tokenize -> train MLLM (VTok, baseline) -> train decoder -> eval "
+                 "-> demo_out/index.html (--quick: smoke size)", demo_arguments, cmd_demo,
                  submittable=False))
 register(Command("report", "summary of a dataset's run report (report.json; report.html has charts)",
                  uri_argument, cmd_report))
@@ -429,5 +449,46 @@ register(Command("generate", "text -> MLLM visual tokens -> decoder -> mp4: vtok
                  "prompt=\"...\" out=FILE.mp4 [--tokens-out PATH]", generate_arguments, cmd_generate,
                  submittable=False, config_schema=_generate_schema()))
 register(Command("eval", "evaluate an MLLM checkpoint on held-out clips: vtok eval checkpoint=RUN data=URI "
-                 "[suites=[tv_align,vbench] decoder=RUN compare=RUN]", eval_arguments, cmd_eval,
+                 "[suites=[tv_align,vbench] decoder=RUN compare=RUN]; every unevaluated checkpoint of a run: "
+                 "vtok eval scan run=RUN data=URI ...", eval_arguments, cmd_eval,
                  load_config=_load_eval, config_schema=_eval_schema()))
+register(Command("eval-scan", "evaluate every complete checkpoint of a run that has no results, once (what `vtok eval "
+                 "scan` runs; schedule it, or submit it with vtok submit): vtok eval-scan run=RUN data=URI "
+                 "[suites=[tv_align] max_checkpoints=N max_attempts=N lease_seconds=S]", eval_arguments,
+                 cmd_eval_scan, load_config=_load_eval_scan, config_schema=_eval_scan_schema(),
+                 hidden_keys=frozenset({"checkpoint"})))
+
+
+def probe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value: data=URI (required), "
+                   "modes=[vtok,frames_budget,all_frames,key_only], attributes=[color,motion], output=DIR, ...")
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from jobs.probe import load_probe_config, run_probe_job
+    from vtok.eval.probe import FIRST_LOOK
+
+    cfg = load_probe_config(args.overrides)
+    result = run_probe_job(cfg)
+    print(f"probe              {cfg.data}: {result['clips']} clips, {result['seconds']:.1f} s; {FIRST_LOOK}")
+    print(result["table"])
+    for name, uri in result["results"].items():
+        print(f"results {name:<10} {uri}")
+    return 0
+
+
+def _load_probe(overrides: list[str], config_file: str | None) -> object:
+    from jobs.probe import load_probe_config
+
+    return load_probe_config(overrides, config_file)
+
+
+def _probe_schema() -> type:
+    from jobs.probe import ProbeJobConfig
+
+    return ProbeJobConfig
+
+
+register(Command("probe", "small classifiers per attribute on a token dataset, the cheap first look before an MLLM: "
+                 "vtok probe data=URI [modes=[...] attributes=[...] output=DIR]", probe_arguments, cmd_probe,
+                 load_config=_load_probe, config_schema=_probe_schema()))
