@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -128,7 +129,13 @@ def validate_job_args(job: str, args: list[str], working_dir: Path) -> list[str]
     if command.load_config is None or overrides is None:
         return args
     cfg = command.load_config(list(overrides), config_file)
-    for key in ("input", "output", "data", "checkpoint", "decoder", "compare"):
+    return for_the_cluster(args, cfg, ("input", "output", "data", "checkpoint", "decoder", "compare"))
+
+
+def for_the_cluster(args: list[str], cfg: Any, path_keys: Sequence[str]) -> list[str]:
+    """`args` as a submitted job must run them: ConfigError for a relative path in any of `path_keys` (the job
+    runs in a copy of the project on the cluster), and `ray.address=auto` added when cfg leaves it unset."""
+    for key in path_keys:
         value = getattr(cfg, key, None)
         if isinstance(value, str) and "://" not in value and not value.startswith("/"):
             raise ConfigError(

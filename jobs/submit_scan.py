@@ -36,6 +36,7 @@ from jobs.submit import (
     connect,
     describe,
     follow,
+    for_the_cluster,
     project_dir,
 )
 from vtok.secrets import mask_text
@@ -140,17 +141,7 @@ def validate_scan_args(args: list[str], working_dir: Path) -> tuple[list[str], A
     build_parser().parse_args([*SCAN_COMMAND, *args])
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     cfg = load_scan_config(overrides, config_file)
-    for key in PATH_KEYS:
-        value = getattr(cfg, key, None)
-        if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-            raise ConfigError(
-                f"config key {key!r}: {value!r} is a relative path, but a submitted job runs in a copy of the "
-                f"project on the cluster; pass an absolute path on storage the cluster shares, or a URI (s3://...)"
-            )
-    ray_cfg = getattr(cfg, "ray", None)
-    if ray_cfg is not None and getattr(ray_cfg, "address", "") is None:
-        args = ["ray.address=auto", *args]
-    return args, cfg
+    return for_the_cluster(args, cfg, PATH_KEYS), cfg
 
 
 def prepare_scan_submission(

@@ -8,6 +8,7 @@ themselves (`esc` does it for them).
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,35 @@ def environment() -> dict[str, Any]:
 SERIES_COLOURS = ("#0f766e", "#ea580c", "#2563eb", "#7c3aed", "#059669", "#dc2626", "#94a3b8")
 
 
+def chart_frame(
+    points: list[tuple[float, float]], label: str, x_label: str, width: int, height: int, left: int, top: int,
+    right: int = 20, bottom: int = 40,
+) -> tuple[Callable[[float], float], Callable[[float], float], list[str]]:
+    """The axes every line chart shares: the svg's opening, y grid lines with their ticks, x ticks and the x
+    label, scaled to `points` (y from min(0, lowest)); returns the x and y data-to-pixel maps and the parts."""
+    pw, ph = width - left - right, height - top - bottom
+    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), 8, integer=True)
+    y_ticks = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
+
+    def x(v: float) -> float:
+        return left + pw * (v - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1)
+
+    def y(v: float) -> float:
+        return top + ph * (1 - (v - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1))
+
+    out = [svg_open(width, height, label)]
+    for t in y_ticks:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{PALETTE["grid"]}"/>'
+                   f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="{PALETTE["axis"]}">'
+                   f"{tick_label(t)}</text>")
+    for t in x_ticks:
+        out.append(f'<text x="{x(t):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="{PALETTE["axis"]}">'
+                   f"{tick_label(t)}</text>")
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" fill="{PALETTE["axis"]}">'
+               f"{esc(x_label)}</text>")
+    return x, y, out
+
+
 def line_chart_svg(
     series: list[tuple[str, list[float], list[float]]], label: str, x_label: str, y_label: str,
     width: int = 1000, height: int = 280,
@@ -193,26 +223,9 @@ def line_chart_svg(
     points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if np.isfinite(y)]
     if not points:
         return f'{svg_open(width, 60, label)}<text x="10" y="34" fill="{PALETTE["axis"]}">no data yet</text></svg>'
-    ml, mr, mt, mb = 64, 20, 34, 40
-    pw, ph = width - ml - mr, height - mt - mb
-    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), 8, integer=True)
-    y_ticks = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
-
-    def x(v: float) -> float:
-        return ml + pw * (v - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1)
-
-    def y(v: float) -> float:
-        return mt + ph * (1 - (v - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1))
-
-    out = [svg_open(width, height, label)]
-    for t in y_ticks:
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{PALETTE["grid"]}"/>'
-                   f'<text x="{ml - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="{PALETTE["axis"]}">{tick_label(t)}</text>')
-    for t in x_ticks:
-        out.append(f'<text x="{x(t):.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="{PALETTE["axis"]}">'
-                   f"{tick_label(t)}</text>")
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" fill="{PALETTE["axis"]}">'
-               f"{esc(x_label)}</text>")
+    ml, mt = 64, 34
+    x, y, out = chart_frame(points, label, x_label, width, height, ml, mt)
+    ph = height - mt - 40
     out.append(f'<text x="14" y="{mt + ph / 2}" transform="rotate(-90 14 {mt + ph / 2})" text-anchor="middle" '
                f'fill="{PALETTE["axis"]}">{esc(y_label)}</text>')
     for k, (name, xs, ys) in enumerate(series):

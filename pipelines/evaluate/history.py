@@ -21,12 +21,11 @@ from pipelines.report_html import (
     PALETTE,
     SERIES_COLOURS,
     card,
+    chart_frame,
     esc,
-    nice_ticks,
     page,
     svg_open,
     table,
-    tick_label,
 )
 from schemas.eval_result import EVAL_DIR, OVERALL_CATEGORY
 from vtok.secrets import mask_text
@@ -139,26 +138,8 @@ def history_chart_svg(entry: Mapping[str, Any], width: int = 1000, height: int =
         return f'{svg_open(width, 60, label)}<text x="10" y="34" fill="{PALETTE["axis"]}">no results yet</text></svg>'
     categories = list(dict.fromkeys(s["category"] for s in series))
     legend_rows = (len(series) + 4) // 5
-    ml, mr, mt, mb = 64, 20, 16 + 18 * legend_rows, 40
-    pw, ph = width - ml - mr, height - mt - mb
-    x_ticks = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), 8, integer=True)
-    y_ticks = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
-
-    def x(v: float) -> float:
-        return ml + pw * (v - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1)
-
-    def y(v: float) -> float:
-        return mt + ph * (1 - (v - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1))
-
-    out = [svg_open(width, height, label)]
-    for t in y_ticks:
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{PALETTE["grid"]}"/>'
-                   f'<text x="{ml - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="{PALETTE["axis"]}">'
-                   f"{tick_label(t)}</text>")
-    for t in x_ticks:
-        out.append(f'<text x="{x(t):.1f}" y="{mt + ph + 16}" text-anchor="middle" fill="{PALETTE["axis"]}">'
-                   f"{tick_label(t)}</text>")
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" fill="{PALETTE["axis"]}">step</text>')
+    ml = 64
+    x, y, out = chart_frame(points, label, "step", width, height, ml, 16 + 18 * legend_rows)
     for k, s in enumerate(series):
         colour = SERIES_COLOURS[categories.index(s["category"]) % len(SERIES_COLOURS)]
         dash = ' stroke-dasharray="6 4"' if s["role"] == "baseline" else ""
