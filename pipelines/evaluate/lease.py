@@ -105,16 +105,10 @@ def _local_read(uri: str, path: str) -> Lease | None:
         return None
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _local_create(path: str, data: bytes) -> bool:
     """Publish `data` at `path` unless something is there: True when this call created it."""
+    from vtok.training.checkpoint_io import fsync_dir  # vtok.training imports torch
+
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-lease-")
@@ -127,7 +121,7 @@ def _local_create(path: str, data: bytes) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return True
     finally:
         os.unlink(tmp)
