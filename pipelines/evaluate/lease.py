@@ -11,8 +11,9 @@ Taken atomically, so of two scans racing for a pair exactly one gets it:
 
 A lease past `expires_at` belongs to a scan that died (SIGKILL, a lost node): it is taken over atomically too,
 on S3 by a PUT with If-Match: <the expired object's ETag> (compare-and-swap: of two scans taking over, the
-second's ETag is stale), locally by renaming the expired file to a unique name (one renamer wins; the others
-find nothing to rename) and then the exclusive create. A holder renews its lease (renew_lease) before it
+second's ETag is stale), locally by renaming a new lease over it while holding the lease's guard (an exclusive
+create of a dot file beside it, which renewal and release take too; the lease is never removed to be replaced,
+so a fresh exclusive create cannot slip in). A holder renews its lease (renew_lease) before it
 expires, the same way; release deletes it only while it is still the holder's.
 
 Expiry compares wall clocks of different hosts: lease_seconds must exceed the clock skew by far (NTP keeps it
@@ -27,6 +28,8 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -127,29 +130,46 @@ def _local_create(path: str, data: bytes) -> bool:
         os.unlink(tmp)
 
 
-def _local_remove_if(path: str, uri: str, expected: Lease, owner_only: bool) -> Lease | None:
-    """Move the lease at `path` aside (one renamer wins) and delete it if it is `expected` (the same owner and
-    taken_at; with `owner_only`, the same owner). None when it was removed or was not there; otherwise the lease
-    found instead, which is put back."""
-    grave = f"{path}.{uuid.uuid4().hex}.gone"
-    folder, name = os.path.split(grave)
-    grave = os.path.join(folder, "." + name)  # a dot name: never read as a lease
+_GUARD_STALE_S = 30.0
+"""A mutation guard older than this was left by a process that died holding it (a guarded step takes ms)."""
+
+
+@contextmanager
+def _local_guard(path: str) -> Iterator[None]:
+    """Serialise the changes to an existing local lease (takeover, renewal, release) by an exclusive create of
+    a dot file beside it. A lease is never removed to be replaced, so the exclusive create of a fresh lease
+    (os.link) cannot slip in while a takeover is half done."""
+    folder, name = os.path.split(path)
+    guard = os.path.join(folder, f".{name}.guard")
+    deadline = time.monotonic() + 4 * _GUARD_STALE_S
+    while True:
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.stat(guard).st_mtime > _GUARD_STALE_S:
+                    os.unlink(guard)
+                    continue
+            except FileNotFoundError:
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path}: its guard {guard} stays taken") from None
+            time.sleep(0.005)
     try:
-        os.rename(path, grave)
-    except FileNotFoundError:
-        return None
-    moved = _local_read(uri, grave)
-    same = moved is not None and moved.owner == expected.owner and (owner_only or moved.taken_at == expected.taken_at)
-    if moved is None or same:
-        os.unlink(grave)
-        return None
-    # Between our read and our rename another scan replaced the expired lease with its own: give it back.
-    try:
-        os.link(grave, path)
-    except FileExistsError:
-        pass
-    os.unlink(grave)
-    return moved
+        yield
+    finally:
+        os.unlink(guard)
+
+
+def _local_replace(path: str, data: bytes) -> None:
+    """`data` at `path` in one rename over it: readers see the old lease or the new one, whole."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-lease-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- S3
@@ -248,15 +268,14 @@ def acquire_lease(uri: str, owner: str, seconds: float, attempt: int = 1,
             path = strip_file_scheme(uri)
             if _local_create(path, _encode(ours)):
                 return True, ours
-            holder = _local_read(uri, path)
-            if holder is None:
-                continue  # released or taken over between our create and our read
-            if not holder.expired(started):
-                return False, holder
-            found = _local_remove_if(path, uri, holder, owner_only=False)
-            if found is not None and not found.expired(started):
-                return False, found
-            continue
+            with _local_guard(path):
+                holder = _local_read(uri, path)
+                if holder is None:
+                    continue  # released between our create and our read
+                if not holder.expired(started):
+                    return False, holder
+                _local_replace(path, _encode(ours))
+                return True, ours
         written = _s3_put(ours, storage_options, None)
         if written is not None:
             return True, written
@@ -285,17 +304,11 @@ def renew_lease(lease: Lease, seconds: float, storage_options: dict[str, Any] | 
     fresh = replace(lease, taken_at=started, expires_at=started + seconds)
     if is_local(lease.uri):
         path = strip_file_scheme(lease.uri)
-        current = _local_read(lease.uri, path)
-        if current is None or current.owner != lease.owner:
-            return None
-        # A temp file renamed over our own lease: readers see the old or the new one, whole. Renewed every third
-        # of its lifetime, it is far from expiry here, so no scan is taking it over between the check and this.
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-lease-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encode(fresh))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _local_guard(path):
+            current = _local_read(lease.uri, path)
+            if current is None or current.owner != lease.owner:
+                return None
+            _local_replace(path, _encode(fresh))
         return fresh
     if lease.etag is None:
         raise ValueError(f"{lease.uri}: an S3 lease without its ETag cannot be renewed")
@@ -306,10 +319,12 @@ def release_lease(lease: Lease, storage_options: dict[str, Any] | None = None) -
     """Delete our `lease` if it is still ours; True when it was (and is now gone)."""
     if is_local(lease.uri):
         path = strip_file_scheme(lease.uri)
-        current = _local_read(lease.uri, path)
-        if current is None or current.owner != lease.owner:
-            return False
-        return _local_remove_if(path, lease.uri, current, owner_only=True) is None
+        with _local_guard(path):
+            current = _local_read(lease.uri, path)
+            if current is None or current.owner != lease.owner:
+                return False
+            os.unlink(path)
+        return True
     current = _s3_read(lease.uri, storage_options)
     if current is None or current.owner != lease.owner:
         return False
